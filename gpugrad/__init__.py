@@ -1,0 +1,26 @@
+"""gpugrad: reverse-mode autodiff for arrays, on NVIDIA GPUs through CuPy or on the CPU with NumPy.
+
+    import gpugrad as gg
+    gg.set_device("auto")                  # cuda when usable, else cpu
+    x = gg.tensor([1.0, 2.0], requires_grad=True)
+    (x * x).sum().backward()               # x.grad == [2, 4]
+"""
+from . import cuda
+from .anomaly import AnomalyError, detect_anomaly
+from .backend import get_device, manual_seed, set_device
+from .errors import DeviceError, GradcheckError, ShapeError
+from .gradcheck import gradcheck
+from .ops import (abs, cos, cross_entropy, exp, log, log_softmax, matmul, max, mean, mse_loss,
+                  relu, reshape, sigmoid, sin, softmax, sqrt, sum, tanh, transpose)
+from .tensor import (Function, Tensor, enable_grad, no_grad, ones, ones_like, rand, randn,
+                     tensor, zeros, zeros_like)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "randn", "rand", "zeros_like", "ones_like", "Function",
+    "set_device", "get_device", "manual_seed", "cuda", "no_grad", "enable_grad", "gradcheck",
+    "detect_anomaly", "AnomalyError", "ShapeError", "DeviceError", "GradcheckError",
+    "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "sigmoid", "relu", "softmax",
+    "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape", "transpose",
+]

@@ -1,0 +1,62 @@
+"""The one interface every device implements.
+
+Everything above the backend layer writes `bk.xp.` array code once and never asks which device it
+is on; the few things NumPy and CuPy spell differently (copies between host and device, scatter-add,
+random numbers, the fused kernels) are methods here.
+"""
+
+
+class Backend:
+    name: str = ""
+    xp = None  # the array module: numpy or cupy
+
+    def asarray(self, data, dtype=None):
+        """An array on this device (no copy when `data` already is one of the right dtype)."""
+        raise NotImplementedError
+
+    def to_numpy(self, array):
+        """A host numpy.ndarray with the same values."""
+        raise NotImplementedError
+
+    def is_array(self, obj) -> bool:
+        """Whether `obj` is an array of this backend's array type."""
+        raise NotImplementedError
+
+    def synchronize(self):
+        """Wait until queued work on the device is done (a no-op on the CPU)."""
+
+    # random numbers: one generator per backend, seeded together by gg.manual_seed
+    def seed(self, n: int):
+        raise NotImplementedError
+
+    def randn(self, shape, dtype):
+        raise NotImplementedError
+
+    def rand(self, shape, dtype):
+        raise NotImplementedError
+
+    def permutation(self, n: int):
+        raise NotImplementedError
+
+    def index_add(self, target, index, values):
+        """target[index] += values, accumulating repeated indices (the backward of t[index])."""
+        raise NotImplementedError
+
+    # fused primitives: CUDA kernels on CuPy, NumPy twins with the same formulas on the CPU
+    def sigmoid_forward(self, x):
+        raise NotImplementedError
+
+    def sigmoid_backward(self, y, dy):
+        raise NotImplementedError
+
+    def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False):
+        """Per-row loss `logsumexp(x) - x[label]` and/or `(softmax(x) - onehot) * grad_scale`.
+
+        grad_scale: None (no gradient), a number or 0-d array, or an (N,) array of per-row scales.
+        inplace: write the gradient into `logits` (the executor's buffers).
+        Returns (loss_rows or None, dlogits or None). Bad labels raise ValueError.
+        """
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<gpugrad backend {self.name!r}>"

@@ -1,0 +1,65 @@
+"""gg.gradcheck: compare backprop against central differences, in float64.
+
+The output is projected on a fixed random direction r (so any output shape works and one backward
+gives the analytic vector-Jacobian product J^T r); the numeric side perturbs each input element by
++-eps and differentiates the same projection: (f(x+eps) - f(x-eps)) / 2 eps.
+"""
+import numpy as np
+
+from .errors import GradcheckError
+from .tensor import Tensor, no_grad
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
+    """True if every float input's gradient matches; else GradcheckError naming the input, the
+    element index, and the numeric and analytic values of the worst mismatch."""
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    inputs = tuple(inputs)
+    # float64 copies of the float tensors that want a gradient; everything else passes through
+    args = [Tensor._make(a.data.astype(np.float64), a._bk, requires_grad=True)
+            if isinstance(a, Tensor) and a.requires_grad else a for a in inputs]
+    checked = [i for i, a in enumerate(inputs) if isinstance(a, Tensor) and a.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input requires grad; pass tensors with "
+                         "requires_grad=True")
+    out = fn(*args)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
+    if out.dtype != np.float64:
+        raise TypeError(f"gradcheck: fn returned {out.dtype}; with float64 inputs it must "
+                        f"compute in float64 (does it cast, or mix in float32 tensors?)")
+    r = np.random.default_rng(0).standard_normal(out.shape)
+    r_dev = out._bk.asarray(r)
+    if out.requires_grad:
+        out.backward(r_dev)
+
+    def projected():
+        with no_grad():
+            return float((fn(*args).numpy() * r).sum())
+
+    for i in checked:
+        x = args[i]
+        analytic = np.zeros(x.shape) if x.grad is None else x.grad.numpy()
+        host = x.numpy().copy()
+        numeric = np.empty(x.shape)
+        for idx in np.ndindex(*x.shape):
+            orig = host[idx]
+            host[idx] = orig + eps
+            x.data = x._bk.asarray(host.copy())
+            f_plus = projected()
+            host[idx] = orig - eps
+            x.data = x._bk.asarray(host.copy())
+            f_minus = projected()
+            host[idx] = orig
+            numeric[idx] = (f_plus - f_minus) / (2 * eps)
+        x.data = x._bk.asarray(host)
+        err = np.abs(numeric - analytic) - (atol + rtol * np.abs(numeric))
+        if err.size and (np.nanmax(err) > 0 or np.isnan(err).any()):
+            worst = np.unravel_index(np.nanargmax(np.where(np.isnan(err), np.inf, err)),
+                                     err.shape)
+            raise GradcheckError(
+                f"gradcheck: input {i} (shape {x.shape}) at index {tuple(int(k) for k in worst)}: "
+                f"numeric {numeric[worst]:.10g} vs analytic {analytic[worst]:.10g} "
+                f"(atol={atol}, rtol={rtol})")
+    return True

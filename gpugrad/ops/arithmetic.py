@@ -1,0 +1,151 @@
+"""Binary arithmetic and matmul. Each op: forward, then backward = upstream * local gradient.
+
+NumPy broadcasting applies to every binary op; `sum_to` sums the upstream gradient back to each
+input's shape, the one place that knows how broadcasting is undone.
+"""
+from ..errors import ShapeError
+from ..tensor import Function
+
+
+def shape_of(x):
+    return getattr(x, "shape", ())
+
+
+def sum_to(g, shape):
+    """Sum gradient `g` (of a broadcast result) down to `shape`: over the leading axes that
+    broadcasting added and over the axes where the input had size 1."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def broadcast_error(fn, a, b):
+    return ShapeError(f"{fn.name}: shapes {shape_of(a)} and {shape_of(b)} cannot be broadcast "
+                      f"together")
+
+
+class Add(Function):
+    def forward(self, a, b):
+        self.sa, self.sb = shape_of(a), shape_of(b)
+        try:
+            return a + b
+        except ValueError:
+            raise broadcast_error(self, a, b) from None
+
+    def backward(self, upstream):
+        # local gradients are 1 and 1
+        return (sum_to(upstream, self.sa) if self.needs[0] else None,
+                sum_to(upstream, self.sb) if self.needs[1] else None)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.sa, self.sb = shape_of(a), shape_of(b)
+        try:
+            return a - b
+        except ValueError:
+            raise broadcast_error(self, a, b) from None
+
+    def backward(self, upstream):
+        # local gradients are 1 and -1
+        return (sum_to(upstream, self.sa) if self.needs[0] else None,
+                sum_to(-upstream, self.sb) if self.needs[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        try:
+            return a * b
+        except ValueError:
+            raise broadcast_error(self, a, b) from None
+
+    def backward(self, upstream):
+        # d(ab)/da = b, d(ab)/db = a
+        a, b = self.a, self.b
+        return (sum_to(upstream * b, shape_of(a)) if self.needs[0] else None,
+                sum_to(upstream * a, shape_of(b)) if self.needs[1] else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        try:
+            self.out = a / b
+        except ValueError:
+            raise broadcast_error(self, a, b) from None
+        return self.out
+
+    def backward(self, upstream):
+        # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2 = -out/b
+        a, b = self.a, self.b
+        ga = upstream / b if self.needs[0] else None
+        gb = -(upstream * self.out) / b if self.needs[1] else None
+        return (ga if ga is None else sum_to(ga, shape_of(a)),
+                gb if gb is None else sum_to(gb, shape_of(b)))
+
+
+class Pow(Function):
+    def forward(self, a, p):
+        self.a, self.p = a, p
+        try:
+            self.out = a ** p
+        except ValueError:
+            raise broadcast_error(self, a, p) from None
+        return self.out
+
+    def backward(self, upstream):
+        # d(a^p)/da = p a^(p-1), d(a^p)/dp = a^p ln(a)
+        a, p, xp = self.a, self.p, self.bk.xp
+        ga = upstream * (p * a ** (p - 1)) if self.needs[0] else None
+        gp = upstream * (self.out * xp.log(a)) if self.needs[1] else None
+        return (ga if ga is None else sum_to(ga, shape_of(a)),
+                gp if gp is None else sum_to(gp, shape_of(p)))
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, upstream):
+        return (-upstream,)
+
+
+class MatMul(Function):
+    """a @ b with NumPy's rules: 1-D operands are promoted to a row / column, leading axes
+    broadcast as a batch."""
+
+    def forward(self, a, b):
+        sa, sb = shape_of(a), shape_of(b)
+        if len(sa) == 0 or len(sb) == 0:
+            raise ShapeError(f"matmul: operands must be at least 1-D, got shapes {sa} and {sb}")
+        k_a, k_b = sa[-1], (sb[0] if len(sb) == 1 else sb[-2])
+        if k_a != k_b:
+            raise ShapeError(f"matmul: inner sizes differ: {sa} @ {sb} ({k_a} != {k_b})")
+        self.a, self.b = a, b
+        try:
+            return a @ b
+        except ValueError:
+            raise ShapeError(f"matmul: batch shapes {sa[:-2]} and {sb[:-2]} cannot be broadcast "
+                             f"together ({sa} @ {sb})") from None
+
+    def backward(self, upstream):
+        # out = a b: dL/da = upstream b^T, dL/db = a^T upstream (then undo 1-D promotion/batching)
+        a, b, g = self.a, self.b, upstream
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g[..., None, :]
+        if b.ndim == 1:
+            g = g[..., :, None]
+        ga = gb = None
+        if self.needs[0]:
+            ga = g @ b2.swapaxes(-1, -2)
+            ga = sum_to(ga, a2.shape).reshape(a.shape)
+        if self.needs[1]:
+            gb = a2.swapaxes(-1, -2) @ g
+            gb = sum_to(gb, b2.shape).reshape(b.shape)
+        return ga, gb

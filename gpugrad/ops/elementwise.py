@@ -1,0 +1,90 @@
+"""Unary elementwise ops: forward, then backward = upstream * local gradient.
+
+Where the local gradient is a function of the output (exp, tanh, sqrt, sigmoid), the output is what
+is stored: the lecture's "store the intermediate outputs", and no overflow from recomputing exp.
+"""
+from ..tensor import Function
+
+
+class Exp(Function):
+    def forward(self, a):
+        self.out = self.bk.xp.exp(a)
+        return self.out
+
+    def backward(self, upstream):
+        return (upstream * self.out,)  # d exp(a) = exp(a)
+
+
+class Log(Function):
+    def forward(self, a):
+        self.a = a
+        return self.bk.xp.log(a)
+
+    def backward(self, upstream):
+        return (upstream / self.a,)  # d ln(a) = 1/a
+
+
+class Sin(Function):
+    def forward(self, a):
+        self.a = a
+        return self.bk.xp.sin(a)
+
+    def backward(self, upstream):
+        return (upstream * self.bk.xp.cos(self.a),)
+
+
+class Cos(Function):
+    def forward(self, a):
+        self.a = a
+        return self.bk.xp.cos(a)
+
+    def backward(self, upstream):
+        return (-(upstream * self.bk.xp.sin(self.a)),)
+
+
+class Tanh(Function):
+    def forward(self, a):
+        self.out = self.bk.xp.tanh(a)
+        return self.out
+
+    def backward(self, upstream):
+        return (upstream * (1 - self.out * self.out),)  # d tanh = 1 - tanh^2
+
+
+class Sqrt(Function):
+    def forward(self, a):
+        self.out = self.bk.xp.sqrt(a)
+        return self.out
+
+    def backward(self, upstream):
+        return (upstream / (2 * self.out),)  # d sqrt(a) = 1 / (2 sqrt(a))
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.a = a
+        return self.bk.xp.abs(a)
+
+    def backward(self, upstream):
+        return (upstream * self.bk.xp.sign(self.a),)  # subgradient 0 at 0, as PyTorch
+
+
+class Sigmoid(Function):
+    """sigma(a) = 1/(1+e^-a); local gradient sigma(1-sigma) from the stored output.
+    On CUDA both directions are the fused kernels in kernels/sigmoid.cu."""
+
+    def forward(self, a):
+        self.out = self.bk.sigmoid_forward(a)
+        return self.out
+
+    def backward(self, upstream):
+        return (self.bk.sigmoid_backward(self.out, upstream),)
+
+
+class ReLU(Function):
+    def forward(self, a):
+        self.mask = a > 0
+        return self.bk.xp.maximum(a, 0)
+
+    def backward(self, upstream):
+        return (upstream * self.mask,)  # local gradient 1 where a > 0, else 0

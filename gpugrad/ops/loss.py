@@ -1,0 +1,70 @@
+"""Softmax, log-softmax and the two losses of the lecture: cross-entropy and squared error.
+
+Cross-entropy is one fused op: its forward yields per-row losses `logsumexp(x) - x[label]`, its
+backward the local gradient `softmax(x) - onehot`, scaled by the upstream gradient. Both go through
+the backend's fused primitive (a CUDA kernel on the GPU, its NumPy twin on the CPU).
+"""
+from ..tensor import Function
+from .reduce_shape import normalize_axis
+
+
+class Softmax(Function):
+    def forward(self, a):
+        (self.ax,) = normalize_axis(self.axis, a.ndim, "softmax")
+        e = self.bk.xp.exp(a - a.max(axis=self.ax, keepdims=True))  # max-subtracted: no overflow
+        self.out = e / e.sum(axis=self.ax, keepdims=True)
+        return self.out
+
+    def backward(self, upstream):
+        # Jacobian-vector product of softmax: s * (g - sum(g * s))
+        s = self.out
+        return (s * (upstream - (upstream * s).sum(axis=self.ax, keepdims=True)),)
+
+
+class LogSoftmax(Function):
+    def forward(self, a):
+        (self.ax,) = normalize_axis(self.axis, a.ndim, "log_softmax")
+        xp = self.bk.xp
+        z = a - a.max(axis=self.ax, keepdims=True)
+        self.out = z - xp.log(xp.exp(z).sum(axis=self.ax, keepdims=True))
+        return self.out
+
+    def backward(self, upstream):
+        # d log_softmax: g - softmax * sum(g)
+        return (upstream - self.bk.xp.exp(self.out) * upstream.sum(axis=self.ax, keepdims=True),)
+
+
+class CrossEntropy(Function):
+    """-log softmax(logits)[label] per row, reduced by mean / sum / none (labels: a parameter)."""
+
+    def forward(self, logits):
+        self.logits = logits
+        rows, _ = self.bk.softmax_cross_entropy(logits, self.labels)
+        if self.reduction == "none":
+            return rows
+        total = rows.sum()
+        return total / len(rows) if self.reduction == "mean" else total
+
+    def backward(self, upstream):
+        # local gradient of the row loss w.r.t. its logits: softmax - onehot
+        scale = upstream / len(self.labels) if self.reduction == "mean" else upstream
+        _, grad = self.bk.softmax_cross_entropy(self.logits, self.labels, grad_scale=scale,
+                                                want_loss=False)
+        return (grad,)
+
+
+class MSELoss(Function):
+    """(pred - target)^2 reduced by mean / sum / none."""
+
+    def forward(self, pred, target):
+        self.diff = pred - target
+        sq = self.diff * self.diff
+        if self.reduction == "none":
+            return sq
+        return sq.mean() if self.reduction == "mean" else sq.sum()
+
+    def backward(self, upstream):
+        # d (p - t)^2 / dp = 2 (p - t), / dt = -2 (p - t)
+        scale = upstream * 2 / (self.diff.size if self.reduction == "mean" else 1)
+        g = self.diff * scale
+        return (g if self.needs[0] else None, -g if self.needs[1] else None)

@@ -1,0 +1,136 @@
+"""Reductions (sum, mean, max) and shape ops (reshape, transpose, indexing, dtype casts).
+
+Their backward moves the upstream gradient back to the input's layout: broadcast it over the
+reduced axes, reshape it, permute it back, or scatter it into the indexed positions.
+"""
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..tensor import Function
+
+
+def normalize_axis(axis, ndim, op):
+    """axis (None, int or tuple) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in axes:
+        if not isinstance(ax, (int, np.integer)) or not -ndim <= ax < max(ndim, 1):
+            raise ShapeError(f"{op}: axis {ax} is out of range for a {ndim}-d tensor")
+        out.append(int(ax) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {axis}")
+    return tuple(sorted(out))
+
+
+def expand_reduced(g, in_shape, axes, keepdims):
+    """Reshape a reduction's upstream gradient so it broadcasts against the input."""
+    if keepdims:
+        return g
+    return g.reshape(tuple(1 if i in axes else n for i, n in enumerate(in_shape)))
+
+
+class Sum(Function):
+    def forward(self, a):
+        self.in_shape = a.shape
+        self.axes = normalize_axis(self.axis, a.ndim, "sum")
+        return a.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, upstream):
+        # every input element contributes with local gradient 1
+        g = expand_reduced(upstream, self.in_shape, self.axes, self.keepdims)
+        return (self.bk.xp.broadcast_to(g, self.in_shape),)
+
+
+class Mean(Function):
+    def forward(self, a):
+        self.in_shape = a.shape
+        self.axes = normalize_axis(self.axis, a.ndim, "mean")
+        self.count = math.prod(a.shape[i] for i in self.axes)
+        return a.mean(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, upstream):
+        # local gradient 1/count for every input element
+        g = expand_reduced(upstream, self.in_shape, self.axes, self.keepdims) / self.count
+        return (self.bk.xp.broadcast_to(g, self.in_shape),)
+
+
+class Max(Function):
+    """Gradient goes to the maximal elements, split evenly among ties (as torch.amax)."""
+
+    def forward(self, a):
+        self.axes = normalize_axis(self.axis, a.ndim, "max")
+        if a.size == 0:
+            raise ShapeError(f"max: cannot reduce an empty tensor of shape {a.shape}")
+        top = a.max(axis=self.axes, keepdims=True)
+        self.winners = a == top
+        self.in_shape = a.shape
+        return top if self.keepdims else top.reshape(
+            tuple(n for i, n in enumerate(a.shape) if i not in self.axes))
+
+    def backward(self, upstream):
+        g = expand_reduced(upstream, self.in_shape, self.axes, self.keepdims)
+        ties = self.winners.sum(axis=self.axes, keepdims=True)
+        return (self.winners * (g / ties),)
+
+
+class Reshape(Function):
+    def forward(self, a):
+        self.in_shape = a.shape
+        try:
+            return a.reshape(self.shape)
+        except (ValueError, TypeError):
+            raise ShapeError(f"reshape: cannot reshape {a.shape} ({a.size} elements) into "
+                             f"{self.shape}") from None
+
+    def backward(self, upstream):
+        return (upstream.reshape(self.in_shape),)
+
+
+class Transpose(Function):
+    def forward(self, a):
+        axes = self.axes or tuple(reversed(range(a.ndim)))
+        if sorted(int(x) % max(a.ndim, 1) for x in axes) != list(range(a.ndim)) or \
+                any(not -a.ndim <= x < a.ndim for x in axes):
+            raise ShapeError(f"transpose: axes {self.axes} are not a permutation of the "
+                             f"{a.ndim} axes of shape {a.shape}")
+        self.axes = tuple(int(x) % a.ndim for x in axes)
+        return a.transpose(self.axes)
+
+    def backward(self, upstream):
+        return (upstream.transpose(np.argsort(self.axes)),)  # the inverse permutation
+
+
+class GetItem(Function):
+    """t[index]: basic slicing, boolean masks and integer arrays. The gradient is scattered back;
+    integer arrays may repeat an index, so they accumulate with a scatter-add."""
+
+    def forward(self, a):
+        self.in_shape, self.dtype = a.shape, a.dtype
+        try:
+            return a[self.index]
+        except IndexError as e:
+            raise IndexError(f"getitem: index {self.index!r} is invalid for shape {a.shape} "
+                             f"({e})") from None
+
+    def backward(self, upstream):
+        g = self.bk.xp.zeros(self.in_shape, self.dtype)
+        if self.repeats:
+            self.bk.index_add(g, self.index, upstream)
+        else:
+            g[self.index] = upstream
+        return (g,)
+
+
+class Cast(Function):
+    exact_dtype = True
+
+    def forward(self, a):
+        self.in_dtype = a.dtype
+        return a.astype(self.dtype)
+
+    def backward(self, upstream):
+        return (upstream.astype(self.in_dtype),)
