@@ -20,7 +20,7 @@ from . import backend as _backend
 from .errors import DeviceError, ShapeError
 
 _FLOAT_KINDS = "f"
-_PY_SCALARS = (int, float, bool)
+_PY_SCALARS = (int, float, bool)  # exact types: np.float64 subclasses float but is not weak
 
 
 class _GradMode:
@@ -101,11 +101,11 @@ class Function:
             else:
                 arrays.append(a)
                 edges.append(None)
-                convert = convert or not isinstance(a, _PY_SCALARS)
+                convert = convert or type(a) not in _PY_SCALARS
         if bk is None:
             raise TypeError(f"{fn.name}: needs at least one Tensor input")
         if convert:
-            arrays = [a if isinstance(a, _PY_SCALARS) or bk.is_array(a) else
+            arrays = [a if type(a) in _PY_SCALARS or bk.is_array(a) else
                       _constant(a, bk, fn.name) for a in arrays]
         fn.bk = bk
         out = fn.forward(*arrays)
@@ -350,7 +350,7 @@ def _compare(a, b, ufunc):
         if b._bk is not a._bk:
             raise DeviceError(f"{ufunc}: tensors on '{a.device}' and '{b.device}'")
         b = b.data
-    elif not isinstance(b, _PY_SCALARS):
+    elif type(b) not in _PY_SCALARS:
         b = _constant(b, a._bk, ufunc)
     return Tensor._make(getattr(a._bk.xp, ufunc)(a.data, b), a._bk)
 

@@ -135,6 +135,8 @@ class MatMul(Function):
     def backward(self, upstream):
         # out = a b: dL/da = upstream b^T, dL/db = a^T upstream (then undo 1-D promotion/batching)
         a, b, g = self.a, self.b, upstream
+        if a.ndim == 1 and b.ndim == 1:  # dot product: local gradients are b and a
+            return (g * b if self.needs[0] else None, g * a if self.needs[1] else None)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         if a.ndim == 1:
