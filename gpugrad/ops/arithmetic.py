@@ -3,6 +3,8 @@
 NumPy broadcasting applies to every binary op; `sum_to` sums the upstream gradient back to each
 input's shape, the one place that knows how broadcasting is undone.
 """
+import numpy as np
+
 from ..errors import ShapeError
 from ..tensor import Function
 
@@ -13,13 +15,19 @@ def shape_of(x):
 
 def sum_to(g, shape):
     """Sum gradient `g` (of a broadcast result) down to `shape`: over the leading axes that
-    broadcasting added and over the axes where the input had size 1."""
+    broadcasting added and over the axes where the input had size 1.
+
+    Returns `g` itself or a fresh array, never a reshaped view (a leaf's gradient that is a view
+    would have to be copied before it can be stored)."""
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
-                                      if n == 1 and g.shape[lead + i] != 1)
-    return g.sum(axis=axes, keepdims=True).reshape(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return np.asarray(g) if isinstance(g, np.generic) else g  # NumPy sums to scalars
 
 
 def broadcast_error(fn, a, b):
@@ -146,8 +154,10 @@ class MatMul(Function):
         ga = gb = None
         if self.needs[0]:
             ga = g @ b2.swapaxes(-1, -2)
-            ga = sum_to(ga, a2.shape).reshape(a.shape)
+            ga = sum_to(ga, a2.shape)
+            ga = ga.reshape(a.shape) if a.ndim == 1 else ga
         if self.needs[1]:
             gb = a2.swapaxes(-1, -2) @ g
-            gb = sum_to(gb, b2.shape).reshape(b.shape)
+            gb = sum_to(gb, b2.shape)
+            gb = gb.reshape(b.shape) if b.ndim == 1 else gb
         return ga, gb
