@@ -43,19 +43,31 @@ class Backend:
         raise NotImplementedError
 
     # fused primitives: CUDA kernels on CuPy, NumPy twins with the same formulas on the CPU
-    def sigmoid_forward(self, x):
+    def sigmoid_forward(self, x, out=None):
+        """1 / (1 + exp(-x)), into `out` when given (which may be x itself)."""
         raise NotImplementedError
 
-    def sigmoid_backward(self, y, dy):
+    def sigmoid_backward(self, y, dy, out=None):
+        """dy * y * (1 - y) from the stored output y, into `out` (which may be dy itself)."""
         raise NotImplementedError
 
-    def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False):
+    def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False,
+                              check=True):
         """Per-row loss `logsumexp(x) - x[label]` and/or `(softmax(x) - onehot) * grad_scale`.
 
-        grad_scale: None (no gradient), a number or 0-d array, or an (N,) array of per-row scales.
+        grad_scale: None (no gradient), a number or 0-d array (on the device: it is never read
+        back to the host), or an (N,) array of per-row scales.
         inplace: write the gradient into `logits` (the executor's buffers).
-        Returns (loss_rows or None, dlogits or None). Bad labels raise ValueError.
+        check: True raises ValueError (naming the op, the bad label and C) for a label outside
+        [0, C); on the GPU this reads the kernel's error flag, a sync. False skips that read (the
+        caller validated the labels, or a CUDA graph is being captured): such rows come out NaN.
+        Returns (loss_rows or None, dlogits or None).
         """
+        raise NotImplementedError
+
+    def reduce_loss(self, rows, reduction="sum"):
+        """Sum or mean of per-row losses as a 0-d array, in a fixed order (deterministic: the
+        same losses give the same bits on every run)."""
         raise NotImplementedError
 
     def __repr__(self):

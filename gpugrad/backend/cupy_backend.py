@@ -50,6 +50,60 @@ class CupyBackend(Backend):
     def index_add(self, target, index, values):
         cupyx.scatter_add(target, index, values)
 
-    sigmoid_forward = staticmethod(kernels.sigmoid_forward_cuda)
-    sigmoid_backward = staticmethod(kernels.sigmoid_backward_cuda)
-    softmax_cross_entropy = staticmethod(kernels.softmax_cross_entropy_cuda)
+    # The fused kernels take float32/float64. Other dtypes compute in float32 (float64 where NumPy
+    # would give float64) and are cast back, so results have the dtypes the NumPy twins give.
+
+    def sigmoid_forward(self, x, out=None):
+        if x.dtype in _KERNEL_DTYPES and (out is None or out.dtype == x.dtype):
+            return kernels.sigmoid_forward_cuda(x, out=out)
+        dtype = np.result_type(x.dtype, np.float16)  # what NumPy's exp gives ints, bools, float16
+        y = kernels.sigmoid_forward_cuda(x.astype(_work_dtype(dtype), copy=False))
+        return _into(y.astype(dtype, copy=False), out)
+
+    def sigmoid_backward(self, y, dy, out=None):
+        dtype = np.result_type(y.dtype, dy.dtype)
+        work = _work_dtype(dtype)
+        if dy.shape != y.shape:
+            dy = cupy.broadcast_to(dy, y.shape)
+        direct = out is not None and out.dtype == work
+        dx = kernels.sigmoid_backward_cuda(y.astype(work, copy=False), dy.astype(work, copy=False),
+                                           out=out if direct else None)
+        return dx if direct else _into(dx.astype(dtype, copy=False), out)
+
+    def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False,
+                              check=True):
+        if logits.dtype in _KERNEL_DTYPES or logits.dtype.kind != "f":
+            return kernels.softmax_cross_entropy_cuda(logits, labels, grad_scale, want_loss,
+                                                      inplace, check)
+        # float16: accumulate in float32, as the NumPy twin does
+        loss, grad = kernels.softmax_cross_entropy_cuda(
+            logits.astype(np.float32), labels, grad_scale, want_loss, True, check)
+        if loss is not None:
+            loss = loss.astype(logits.dtype)
+        if grad is not None:
+            if inplace:
+                logits[...] = grad
+                grad = logits
+            else:
+                grad = grad.astype(logits.dtype)
+        return loss, grad
+
+    def reduce_loss(self, rows, reduction="sum"):
+        """Deterministic sum / mean of per-row losses (kernels/softmax_cross_entropy.cu)."""
+        if rows.dtype in _KERNEL_DTYPES:
+            return kernels.reduce_loss_cuda(rows, reduction)
+        return kernels.reduce_loss_cuda(rows.astype(np.float32), reduction).astype(rows.dtype)
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _work_dtype(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _into(result, out):
+    if out is None:
+        return result
+    out[...] = result
+    return out

@@ -41,3 +41,4 @@ class NumpyBackend(Backend):
     sigmoid_forward = staticmethod(kernels.sigmoid_forward_ref)
     sigmoid_backward = staticmethod(kernels.sigmoid_backward_ref)
     softmax_cross_entropy = staticmethod(kernels.softmax_cross_entropy_ref)
+    reduce_loss = staticmethod(kernels.reduce_loss_ref)

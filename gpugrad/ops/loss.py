@@ -40,16 +40,14 @@ class CrossEntropy(Function):
     def forward(self, logits):
         self.logits = logits
         rows, _ = self.bk.softmax_cross_entropy(logits, self.labels)
-        if self.reduction == "none":
-            return rows
-        total = rows.sum()
-        return total / len(rows) if self.reduction == "mean" else total
+        return rows if self.reduction == "none" else self.bk.reduce_loss(rows, self.reduction)
 
     def backward(self, upstream):
         # local gradient of the row loss w.r.t. its logits: softmax - onehot
         scale = upstream / len(self.labels) if self.reduction == "mean" else upstream
+        # check=False: forward already validated the labels (on the GPU a check is a sync)
         _, grad = self.bk.softmax_cross_entropy(self.logits, self.labels, grad_scale=scale,
-                                                want_loss=False)
+                                                want_loss=False, check=False)
         return (grad,)
 
 
