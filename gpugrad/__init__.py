@@ -5,13 +5,15 @@
     x = gg.tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()               # x.grad == [2, 4]
 """
-from . import cuda
+from . import cuda, nn, optim
 from .anomaly import AnomalyError, detect_anomaly
 from .backend import get_device, manual_seed, set_device
 from .errors import DeviceError, GradcheckError, ShapeError
+from .executor import Executor
 from .gradcheck import gradcheck
 from .ops import (abs, cos, cross_entropy, exp, log, log_softmax, matmul, max, mean, mse_loss,
                   relu, reshape, sigmoid, sin, softmax, sqrt, sum, tanh, transpose)
+from .serialization import load, save
 from .tensor import (Function, Tensor, enable_grad, no_grad, ones, ones_like, rand, randn,
                      tensor, zeros, zeros_like)
 
@@ -23,4 +25,5 @@ __all__ = [
     "detect_anomaly", "AnomalyError", "ShapeError", "DeviceError", "GradcheckError",
     "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "sigmoid", "relu", "softmax",
     "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape", "transpose",
+    "nn", "optim", "save", "load", "Executor",
 ]
