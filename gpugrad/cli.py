@@ -44,7 +44,7 @@ def _parser():
     t.add_argument("--optimizer", choices=("sgd", "adam"))
     t.add_argument("--lr", type=float, help="initial learning rate")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty strength")
+    t.add_argument("--weight-decay", type=float, help="L2 penalty strength (default: per dataset)")
     t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on weights (eager engine)")
     t.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
                    help="learning-rate decay (default cosine)")

@@ -24,6 +24,7 @@ def test_default_command_reaches_97_percent_on_digits(tmp_path, capsys):
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=5e-5)
     assert {"test_accuracy", "train_accuracy", "history", "device", "seconds"} <= set(metrics)
     assert metrics["device"] == "cpu" and len(metrics["history"]) == 60
+    assert metrics["config"]["weight_decay"] == 5e-4  # the dataset's default, not the CLI's
     assert (tmp_path / "curves.png").stat().st_size > 1000
     state = gg.load(tmp_path / "model.npz")
     model = nn.mlp([64, 256, 256, 10])
