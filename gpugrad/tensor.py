@@ -12,7 +12,6 @@ by the optimizers, so a backward may hand the same array to several inputs witho
 """
 import itertools
 import operator
-import traceback
 
 import numpy as np
 
@@ -121,8 +120,10 @@ class Function:
             fn.next = edges
             fn.needs = [e is not None for e in edges]
             fn.seq = next(_sequence)
+            fn.out_meta = (out.shape, out.dtype)  # for gg.viz: the output Tensor is not kept
             if grad_mode.anomaly:
-                fn.created_at = traceback.extract_stack()[:-2]
+                from .anomaly import record
+                record(fn, arrays)
             t._ctx = fn
             t._rg = True
         return t
@@ -228,6 +229,17 @@ class Tensor:
                             f"it to the host")
         return self.data if dtype is None else self.data.astype(dtype, copy=False)
 
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """DLPack export, zero-copy: np.from_dlpack(t), torch.from_dlpack(t), cupy.from_dlpack(t)
+        share this tensor's memory. Data only, as .detach(): the consumer gets no graph and no
+        gradient even when this tensor requires grad, and its in-place writes bypass the graph.
+        The array (NumPy or CuPy) does the work, stream synchronisation included."""
+        return self.data.__dlpack__(stream=stream, max_version=max_version, dl_device=dl_device,
+                                    copy=copy)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
     # -- host access, devices, graph control ------------------------------------------------
     def numpy(self):
         """The values as a host numpy.ndarray (a copy from the GPU; the array itself on CPU)."""
@@ -251,6 +263,10 @@ class Tensor:
         if self._rg and grad_mode.enabled:
             fn = ToDevice(source=self._bk, target=bk)
             fn.next, fn.needs, fn.seq = (_edge(self),), (True,), next(_sequence)
+            fn.out_meta = (out.shape, out.dtype)
+            if grad_mode.anomaly:
+                from .anomaly import record
+                record(fn, (self.data,))
             out._ctx, out._rg = fn, True
         return out
 
@@ -388,7 +404,7 @@ def run_backward(root, seed, retain_graph=False):
             grads = fn.backward(upstream)
             if anomaly:
                 from .anomaly import check_backward
-                check_backward(fn, grads)
+                check_backward(fn, upstream, grads)
             for edge, g in zip(fn.next, grads):
                 if edge is None or g is None:
                     continue
