@@ -15,7 +15,15 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
     element index, and the numeric and analytic values of the worst mismatch."""
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"gradcheck: inputs must be a Tensor or a list/tuple of inputs, got "
+                        f"{type(inputs).__name__}")
     inputs = tuple(inputs)
+    for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or \
+                (name == "eps" and value == 0):
+            kind = "positive" if name == "eps" else "non-negative"
+            raise ValueError(f"gradcheck: {name} must be a {kind} number, got {value!r}")
     # float64 copies of the float tensors that want a gradient; everything else passes through
     args = [Tensor._make(a.data.astype(np.float64), a._bk, requires_grad=True)
             if isinstance(a, Tensor) and a.requires_grad else a for a in inputs]

@@ -7,6 +7,7 @@ Modules whose leaves are Tensors.
 """
 import math
 from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -129,6 +130,9 @@ class Module:
         parameter Tensors keep their identity and device, so optimizers holding them keep working.
         strict=False ignores missing and unexpected keys. Returns (missing_keys, unexpected_keys).
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: expected a mapping of name -> array (e.g. "
+                            f"gg.load(path)), got {type(state_dict).__name__}")
         own = OrderedDict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]

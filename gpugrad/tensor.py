@@ -10,6 +10,7 @@ reverse, handing each Function its upstream gradient; the Function multiplies by
 Contract that keeps gradients cheap: gradient arrays are never modified in place, by the engine or
 by the optimizers, so a backward may hand the same array to several inputs without copying.
 """
+import functools
 import itertools
 import operator
 
@@ -31,27 +32,36 @@ grad_mode = _GradMode()
 
 
 class no_grad:
-    """Context manager (and decorator) under which ops record no graph."""
+    """Context manager (and decorator) under which ops record no graph.
+
+    The previous modes are kept on a stack, so one instance can be entered again while active."""
+    enabled = False  # the grad mode inside the block
+
+    def __init__(self):
+        self._saved = []
 
     def __enter__(self):
-        self._prev, grad_mode.enabled = grad_mode.enabled, False
+        self._saved.append(grad_mode.enabled)
+        grad_mode.enabled = self.enabled
 
     def __exit__(self, *exc):
-        grad_mode.enabled = self._prev
+        grad_mode.enabled = self._saved.pop()
 
     def __call__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}: can decorate a function, not "
+                            f"{type(fn).__name__}")
+
+        @functools.wraps(fn)  # copies what the callable has (partials and modules lack names)
         def wrapper(*args, **kwargs):
-            with no_grad():
+            with type(self)():
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 
 class enable_grad(no_grad):
     """Context manager that turns graph recording back on inside a no_grad block."""
-
-    def __enter__(self):
-        self._prev, grad_mode.enabled = grad_mode.enabled, True
+    enabled = True
 
 
 class Function:
@@ -295,7 +305,14 @@ class Tensor:
                                    f"this output has shape {self.shape}")
             g = self._bk.xp.ones_like(self.data)
         else:
+            if not isinstance(grad, Tensor) and not (
+                    type(grad) in _PY_SCALARS or isinstance(grad, (list, tuple, np.generic))
+                    or _backend.backend_for_array(grad) is not None):
+                raise TypeError(f"backward: grad must be a Tensor, an array or numbers, got "
+                                f"{type(grad).__name__}")
             g = grad.data if isinstance(grad, Tensor) else self._bk.asarray(grad)
+            if g.dtype.kind not in "biuf":
+                raise TypeError(f"backward: grad must be numeric, got dtype {g.dtype}")
             if isinstance(grad, Tensor) and grad._bk is not self._bk:
                 raise DeviceError(f"backward: grad is on '{grad.device}', output on "
                                   f"'{self.device}'")

@@ -91,6 +91,7 @@ class Config:
 def run(config, log=print):
     """Train per `config`; returns the metrics dict (also written to <out>/metrics.json)."""
     cfg = config.resolved()
+    _prepare_out(cfg.out)  # fail before training, not after it
     ds = data.load(cfg.dataset, path=cfg.data)  # the fixed split: --seed varies the training only
     if cfg.standardize:
         ds = standardize(ds)
@@ -207,8 +208,17 @@ def _progress(epochs, enabled):
     return tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
 
+def _prepare_out(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot use it as the output folder ({e.strerror})") \
+            from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
+
+
 def _write_outputs(out, model, metrics, log):
-    os.makedirs(out, exist_ok=True)
     save(model, os.path.join(out, "model.npz"))
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

@@ -185,11 +185,8 @@ def test_one_instance_entered_recursively_and_as_decorator():
 
 @pytest.mark.parametrize("make, flag, inside", [
     (gg.detect_anomaly, "anomaly", True),
-    pytest.param(gg.no_grad, "enabled", False, marks=pytest.mark.xfail(
-        strict=True, reason="BUG tensor.py no_grad/enable_grad keep one _prev slot: re-entering "
-                            "the same instance loses the outer state")),
-    pytest.param(gg.enable_grad, "enabled", True, marks=pytest.mark.xfail(
-        strict=True, reason="BUG tensor.py no_grad/enable_grad keep one _prev slot")),
+    (gg.no_grad, "enabled", False),
+    (gg.enable_grad, "enabled", True),
 ])
 def test_reentering_one_instance_restores_state(make, flag, inside):
     before = getattr(grad_mode, flag)

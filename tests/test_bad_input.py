@@ -191,9 +191,8 @@ CASES = [
      r"matmul: inner sizes differ: \(3,\) @ \(4,\)"),
     ("matmul str", lambda w: w.leaf @ "x", TypeError, "matmul: unsupported operand .*str"),
     ("exp of str", lambda w: gg.exp("e"), TypeError, "cannot make a tensor from str"),
-    pytest.param("sum float axis", lambda w: w.leaf.sum(axis=1.5), (TypeError, gg.ShapeError),
-                 r"sum: axis 1\.5", marks=bug("ops/reduce_shape.py normalize_axis: tuple(1.5) "
-                                             "raises \"'float' object is not iterable\"")),
+    ("sum float axis", lambda w: w.leaf.sum(axis=1.5), (TypeError, gg.ShapeError),
+     r"sum: axis .*1\.5"),
     ("mean axis out of range", lambda w: w.leaf.mean(axis=1), gg.ShapeError,
      "mean: axis 1 is out of range for a 1-d tensor"),
     ("max repeated axis", lambda w: gg.ones(2, 2).max(axis=(1, -1)), gg.ShapeError,
@@ -228,21 +227,16 @@ CASES = [
      r"grad can be omitted only for a one-element output; .*shape \(6, 3\)"),
     ("backward grad shape", lambda w: w.model(gg.tensor(w.x)).backward(np.ones((3, 6))),
      gg.ShapeError, r"grad has shape \(3, 6\), output has shape \(6, 3\)"),
-    pytest.param("backward str grad", lambda w: (w.leaf * 2).sum().backward("abc"),
-                 TypeError, "backward: grad", marks=bug(
-                     "tensor.py Tensor.backward: a str grad reaches astype and raises NumPy's "
-                     "ValueError 'could not convert string to float'")),
+    ("backward str grad", lambda w: (w.leaf * 2).sum().backward("abc"), TypeError,
+     "backward: grad"),
     ("backward without graph", lambda w: no_graph(w).backward(), RuntimeError,
      "does not require grad and has no graph"),
     # -- no_grad
-    ("no_grad with an argument", lambda w: gg.no_grad(True), TypeError, "takes no arguments"),
+    ("no_grad with an argument", lambda w: gg.no_grad(True), TypeError, "no_grad"),
     ("error inside no_grad", lambda w: raise_inside(gg.no_grad()), ValueError, "boom"),
     ("error inside detect_anomaly", lambda w: raise_inside(gg.detect_anomaly()), ValueError,
      "boom"),
-    pytest.param("no_grad decorating a non-callable", lambda w: gg.no_grad()(42), TypeError,
-                 "no_grad", marks=bug("tensor.py no_grad.__call__ copies fn.__name__: "
-                                      "AttributeError; gg.no_grad()(model) and "
-                                      "functools.partial fail the same way")),
+    ("no_grad decorating a non-callable", lambda w: gg.no_grad()(42), TypeError, "no_grad"),
     # -- gradcheck
     ("gradcheck nothing to check", lambda w: gg.gradcheck(lambda a: a * 2, [gg.ones(2)]),
      ValueError, "no input requires grad"),
@@ -252,12 +246,10 @@ CASES = [
      TypeError, "fn returned float32"),
     ("gradcheck wrong gradient", lambda w: gg.gradcheck(WrongGrad.apply, [w.leaf]),
      gg.GradcheckError, r"input 0 \(shape \(3,\)\) at index \(\d,\): numeric .* vs analytic"),
-    pytest.param("gradcheck eps 0", lambda w: gg.gradcheck(lambda a: a * 2, [w.leaf], eps=0),
-                 ValueError, "gradcheck: eps", marks=bug(
-                     "gradcheck.py does not validate eps: eps=0 raises ZeroDivisionError")),
-    pytest.param("gradcheck inputs not iterable", lambda w: gg.gradcheck(lambda a: a, 5),
-                 TypeError, "gradcheck: inputs", marks=bug(
-                     "gradcheck.py: tuple(5) raises \"'int' object is not iterable\"")),
+    ("gradcheck eps 0", lambda w: gg.gradcheck(lambda a: a * 2, [w.leaf], eps=0), ValueError,
+     "gradcheck: eps"),
+    ("gradcheck inputs not iterable", lambda w: gg.gradcheck(lambda a: a, 5), TypeError,
+     "gradcheck: inputs"),
     # -- nn
     ("Linear zero features", lambda w: nn.Linear(0, 3), ValueError,
      "in_features must be a positive int, got 0"),
@@ -285,10 +277,8 @@ CASES = [
     ("load_state_dict other model", lambda w: w.model.load_state_dict(gg.load(w.aux /
                                                                                "other.npz")),
      KeyError, r"missing keys \['0.weight', '0.bias', '2.weight', '2.bias'\]|unexpected"),
-    pytest.param("load_state_dict None", lambda w: w.model.load_state_dict(None), TypeError,
-                 "load_state_dict", marks=bug("nn.py load_state_dict: no Mapping check; None "
-                                              "gives \"argument of type 'NoneType' is not "
-                                              "iterable\"")),
+    ("load_state_dict None", lambda w: w.model.load_state_dict(None), TypeError,
+     "load_state_dict"),
     ("Module.to unknown device", lambda w: w.model.to("tpu"), gg.DeviceError, "'tpu'"),
     # -- save / load
     ("save a list", lambda w: gg.save([1], w.ckpt), TypeError, "got list"),
@@ -391,8 +381,6 @@ def test_bad_input_raises_names_it_and_changes_nothing(world, name, call, exc, p
                                   lambda: gg.softmax(gg.zeros(3, 0)),
                                   lambda: gg.log_softmax(gg.zeros(3, 0))],
                          ids=["sum", "mean", "max", "softmax", "log_softmax"])
-@bug("ops/: a 0-d tensor with axis=0 (normalize_axis allows it) and softmax over a 0-length "
-     "axis reach NumPy and raise its AxisError / IndexError / ValueError, naming no op")
 def test_degenerate_axes_work_or_raise_shape_error(call):
     try:
         out = call()  # PyTorch's answer: the element itself, an empty softmax
@@ -401,8 +389,6 @@ def test_degenerate_axes_work_or_raise_shape_error(call):
     assert out.size in (0, 1)
 
 
-@bug("train.py run(): --out is created only after training, so a file there fails the run at "
-     "the very end (a full training run lost) with a bare '[Errno 17] File exists'")
 def test_cli_rejects_an_out_file_before_training(world):
     with pytest.raises(CliFailed, match="--out") as failed:
         train(world, "--out", str(world.dir / "a_file"))

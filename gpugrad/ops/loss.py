@@ -8,9 +8,18 @@ from ..tensor import Function
 from .reduce_shape import normalize_axis
 
 
+def softmax_axis(axis, a, op):
+    """The one axis softmax normalises over (None for a 0-d tensor)."""
+    axes = normalize_axis(axis, a.ndim, op)
+    return axes[0] if axes else None
+
+
 class Softmax(Function):
     def forward(self, a):
-        (self.ax,) = normalize_axis(self.axis, a.ndim, "softmax")
+        self.ax = softmax_axis(self.axis, a, "softmax")
+        if a.size == 0:  # nothing to normalise (a max over an empty axis is undefined)
+            self.out = a.copy()
+            return self.out
         e = self.bk.xp.exp(a - a.max(axis=self.ax, keepdims=True))  # max-subtracted: no overflow
         self.out = e / e.sum(axis=self.ax, keepdims=True)
         return self.out
@@ -23,8 +32,11 @@ class Softmax(Function):
 
 class LogSoftmax(Function):
     def forward(self, a):
-        (self.ax,) = normalize_axis(self.axis, a.ndim, "log_softmax")
+        self.ax = softmax_axis(self.axis, a, "log_softmax")
         xp = self.bk.xp
+        if a.size == 0:
+            self.out = a.copy()
+            return self.out
         z = a - a.max(axis=self.ax, keepdims=True)
         self.out = z - xp.log(xp.exp(z).sum(axis=self.ax, keepdims=True))
         return self.out
