@@ -2,6 +2,13 @@
 
     pytest bench                        # every bench_*.py; CPU: NumPy paths; GPU: CUDA paths
     pytest bench --quick                # tiny sizes (or GPUGRAD_BENCH_QUICK=1), for CI
+    pytest bench --benchmark-json=a.json     # save a run (or --benchmark-autosave), then
+    pytest-benchmark compare a.json b.json --group-by=group --columns=median,iqr,rounds
+    GPUGRAD_BENCH_THREADS=1 pytest bench     # NumPy's BLAS and PyTorch pinned to 1 thread each
+
+bench_train.py and bench_ops.py take an explicit `device` parameter (cpu, cuda; cuda skipped with
+the reason without a GPU) and put every device and contender of one workload in one
+pytest-benchmark group, so its CPU and GPU rows sit side by side.
 
 `measure(fn, bytes_moved=..., **info)` is the one entry point: on a GPU it times `fn` with CUDA
 events after a warm-up (median of rounds; a round is enough back-to-back calls to last ~2 ms, so
@@ -34,6 +41,14 @@ def pytest_addoption(parser):
 def quick(request):
     return request.config.getoption("--quick") or os.environ.get(
         "GPUGRAD_BENCH_QUICK", "0") not in ("", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    """The same thread count for NumPy's BLAS and PyTorch (GPUGRAD_BENCH_THREADS, else every
+    core): the libraries are compared on the same cores."""
+    from gpugrad.bench.timing import default_threads, set_threads
+    set_threads(default_threads())
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +100,12 @@ def copy_bandwidth(cp, bytes_moved):
 
 @pytest.fixture
 def measure(benchmark, cp):
-    def run(fn, bytes_moved=None, **info):
-        if cp is None:
+    """measure(fn, bytes_moved=None, device=None, **info). device None: CUDA when a GPU is
+    usable, else CPU (the kernel suite); "cpu"/"cuda": that device explicitly."""
+    def run(fn, bytes_moved=None, device=None, **info):
+        if device == "cuda" and cp is None:
+            pytest.skip("needs a usable CUDA GPU")
+        if cp is None or device == "cpu":
             benchmark.extra_info.update(info, device="cpu", bytes=bytes_moved)
             benchmark(fn)
             stats = getattr(benchmark, "stats", None)

@@ -1,13 +1,14 @@
 """Turn a device check's outputs into report.json and report.md.
 
-    python bench/report.py --out DIR --bench-json DIR/bench.json [--junit DIR/gpu_tests.xml]
-                           [--tests-rc N] [--bench-rc N] [--seconds S]
+    python bench/report.py --out DIR --bench-json DIR/bench.json [--bench-json MORE.json ...]
+                           [--junit DIR/gpu_tests.xml] [--tests-rc N] [--bench-rc N] [--seconds S]
 
 Reads pytest-benchmark's JSON (the `extra_info` that bench/conftest.py's `measure` records:
-op, shape, dtype, impl, median_s, bytes, gbps, copy_gbps, frac_of_copy) and the GPU tests' JUnit
-XML; adds the machine (GPU name, driver, CUDA and CuPy versions, date); compares impls of the same
-op and shape (speedup of gpugrad over each other impl) and checks the performance targets of
-issue 3. Works on CPU-only results too (no GPU columns then).
+op, shape, dtype, impl, device, median_s, bytes, gbps, copy_gbps, frac_of_copy) and the GPU tests'
+JUnit XML; adds the machine (GPU name, driver, CUDA and CuPy versions, date); compares impls of
+the same op, shape and device (speedup of gpugrad over each other impl) and checks the kernel
+targets of issue 3. The training-step rows (bench/bench_train.py) get their own table (train.py
+beside this file) with issue 5's targets. Works on CPU-only results too (no GPU columns then).
 """
 import argparse
 import datetime
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_table as train  # noqa: E402  (bench/train_table.py: the training-step table)
 
 # issue 3's targets: (op, which rows, measure, threshold, description); "data" is the size of the
 # op's input array (logits, x, y), the "at >= 64 MB of data" of the issue
@@ -108,24 +112,28 @@ def test_summary(junit_path):
     return summary
 
 
-def benchmark_rows(bench_json):
-    """One row per benchmark, with speedups of gpugrad against the other impls of its group."""
-    data = json.loads(Path(bench_json).read_text())
+def benchmark_rows(bench_jsons):
+    """One row per benchmark of every JSON file (a path or a list of paths), with speedups of
+    gpugrad against the other impls of its group."""
+    paths = [bench_jsons] if isinstance(bench_jsons, (str, Path)) else list(bench_jsons)
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    data = runs[0] if runs else {}
     rows = []
-    for b in data.get("benchmarks", []):
+    for b in (b for run in runs for b in run.get("benchmarks", [])):
         info = dict(b.get("extra_info", {}))
         row = {"name": b["name"], "op": info.get("op", b["name"]), "shape": info.get("shape", ""),
                "dtype": info.get("dtype", ""), "impl": info.get("impl", ""),
                "device": info.get("device", ""),
                "median_s": info.get("median_s", b["stats"]["median"]),
                "timer": info.get("timer", "wall-clock"), "wall_median_s": b["stats"]["median"]}
-        for k in ("bytes", "data_bytes", "gbps", "copy_gbps", "frac_of_copy"):
+        for k in ("bytes", "data_bytes", "gbps", "copy_gbps", "frac_of_copy", "flops", "model",
+                  "batch", "us_per_op", "ops"):
             if info.get(k) is not None:
                 row[k] = info[k]
         rows.append(row)
     groups = {}
     for r in rows:
-        groups.setdefault((r["op"], r["shape"], r["dtype"]), {})[r["impl"]] = r
+        groups.setdefault((r["op"], r["shape"], r["dtype"], r["device"]), {})[r["impl"]] = r
     for group in groups.values():
         ours = group.get("gpugrad")
         if ours is None:
@@ -180,20 +188,23 @@ def markdown(report):
                      f"{t['errors']} errors, {t['skipped']} "
                      f"skipped in {t['seconds']} s (pytest exit status {report.get('tests_rc')})")
         lines.extend(f"- FAILED {name}" for name in t["failed"])
+    lines.append("\n## Training step\n")
+    lines.extend(train.markdown(report.get("train", []), report.get("train_targets", [])))
     lines.append("\n## Benchmarks\n")
-    rows = report.get("benchmarks", [])
+    rows = [r for r in report.get("benchmarks", []) if r["op"] != "train_step"]
     if not rows:
         lines.append(f"no benchmark results (pytest exit status {report.get('bench_rc')})")
     else:
         lines.append(f"Median time per call ({rows[0]['timer']}); GB/s from the bytes each op "
                      "must move; % of copy: against a device-to-device copy of the same bytes "
                      "in the same run; speedup: the other impl's time / gpugrad's.\n")
-        lines.append("| op | shape | dtype | impl | median | GB/s | % of copy | vs torch | "
-                     "vs cupy |\n|---|---|---|---|---:|---:|---:|---:|---:|")
+        lines.append("| op | shape | dtype | impl | device | median | GB/s | % of copy | "
+                     "vs torch | vs cupy |\n|---|---|---|---|---|---:|---:|---:|---:|---:|")
         for r in rows:
+            per_op = f" ({r['us_per_op']:.2f} us/op)" if r.get("us_per_op") else ""
             lines.append(
-                f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
-                f"{r['median_s'] * 1e6:,.1f} us | {_opt(r, 'gbps', '{:,.0f}')} | "
+                f"| {r['op']}{per_op} | {r['shape']} | {r['dtype']} | {r['impl']} | "
+                f"{r['device']} | {r['median_s'] * 1e6:,.1f} us | {_opt(r, 'gbps', '{:,.0f}')} | "
                 f"{_opt(r, 'frac_of_copy', '{:.0%}')} | {_opt(r, 'vs_torch', '{:.2f}x')} | "
                 f"{_opt(r, 'vs_cupy', '{:.2f}x')} |")
     lines.append("\n## Performance targets (issue 3)\n")
@@ -211,7 +222,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--bench-json")
+    ap.add_argument("--bench-json", action="append", default=[],
+                    help="pytest-benchmark JSON; repeat for several runs")
     ap.add_argument("--junit")
     ap.add_argument("--tests-rc", type=int)
     ap.add_argument("--bench-rc", type=int)
@@ -222,9 +234,12 @@ def main(argv=None):
     report = {"environment": environment(), "tests": test_summary(args.junit),
               "tests_rc": args.tests_rc, "bench_rc": args.bench_rc, "seconds": args.seconds,
               "benchmarks": [], "targets": []}
-    if args.bench_json and Path(args.bench_json).is_file():
-        rows, machine, when = benchmark_rows(args.bench_json)
-        report.update(benchmarks=rows, targets=check_targets(rows),
+    found = [p for p in args.bench_json if Path(p).is_file()]  # a timed-out run writes none
+    if found:
+        rows, machine, when = benchmark_rows(found)
+        table = train.rows(rows)
+        report.update(benchmarks=rows, targets=check_targets(rows), train=table,
+                      train_targets=train.targets(table),
                       bench_datetime=when, cpu=machine.get("cpu", {}).get("brand_raw"))
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown(report))

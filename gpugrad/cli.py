@@ -58,6 +58,11 @@ def _parser():
     b = sub.add_parser("bench", help="CPU vs GPU (and PyTorch) timings, side by side")
     b.add_argument("--device", choices=("auto", "cpu", "cuda", "all"), default="all")
     b.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="threads for NumPy's BLAS and PyTorch alike (default "
+                        "GPUGRAD_BENCH_THREADS, else every core)")
+    b.add_argument("--seconds", type=float, metavar="S",
+                   help="time budget per workload and device (default 3; --quick 0.2)")
     b.set_defaults(run=_bench)
 
     i = sub.add_parser("info", help="versions, devices and CUDA kernel status")
@@ -94,7 +99,10 @@ def _train(args):
 
 def _bench(args):
     from .bench import main as bench_main
-    return bench_main(device=args.device, quick=args.quick)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    return bench_main(device=args.device, quick=args.quick, threads=args.threads,
+                      seconds=args.seconds)
 
 
 def _info(args):

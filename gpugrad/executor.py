@@ -12,10 +12,15 @@ one entry per Linear layer (its weight, bias and the activation that follows). A
 Buffers live on the model's device, are allocated once per batch size and reused by every step.
 The math is the eager ops' math (same formulas, same fused kernels via the backend), so the
 Executor and the eager path leave the same parameters after the same steps, to float32 rounding.
+
+cuda_graph=True: on a device with graphs (CUDA) the whole step is captured once per batch size
+and replayed (executor_graph.py). On the CPU it is a no-op (there is no launch overhead to save),
+so scripts can pass it unconditionally.
 """
 import numpy as np
 
 from .errors import DeviceError, ShapeError
+from .executor_graph import StepGraphs
 from .kernels import check_labels
 from .tensor import Tensor
 
@@ -28,6 +33,9 @@ class _Layer:
 
     def __init__(self, linear, act):
         self.linear, self.act = linear, act
+        # the parameter Tensors, read once: Module attribute lookup goes through __getattr__,
+        # which would cost ~30 us a step at batch 64 (their .data is read afresh every step)
+        self.weight, self.bias = linear.weight, linear.bias
         self.in_features, self.out_features = linear.weight.shape
 
 
@@ -42,6 +50,11 @@ class _Buffers:
         self.scratch = [xp.empty((n, layer.out_features), dtype) for layer in layers[:-1]]
         self.mask = [xp.empty((n, layer.out_features), bool) for layer in layers[:-1]]
         self.labels = xp.empty(n, labels_dtype)
+        self.rows = xp.empty(n, dtype)  # per-row losses
+        self.loss = xp.empty((), dtype)
+        # this step's input and labels: the buffers above, or the caller's arrays themselves
+        # when they can be read in place (no copy on the uncaptured path)
+        self.input, self.targets = self.x, self.labels
 
 
 class Executor:
@@ -51,15 +64,22 @@ class Executor:
     loss: "cross_entropy" (integer labels, mean over the batch) or "mse" (targets shaped like the
     output, mean over all elements). optimizer: a gg.optim optimizer over the model's parameters
     (or None: step() then only computes gradients into each parameter's .grad).
+    cuda_graph: capture each batch size's step into a CUDA graph after two uncaptured steps and
+    replay it (cross_entropy loss; the optimizer, if any, over exactly the model's parameters).
+    A no-op on the CPU.
     """
 
-    def __init__(self, model, loss="cross_entropy", optimizer=None):
+    def __init__(self, model, loss="cross_entropy", optimizer=None, cuda_graph=False):
         from . import nn
         if loss not in LOSSES:
             raise ValueError(f"Executor: loss must be one of {LOSSES}, got {loss!r}")
+        from .optim import Optimizer
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"Executor: optimizer must be a gg.optim optimizer or None, got "
+                            f"{type(optimizer).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.layers = _plan(model, nn)
-        params = [p for layer in self.layers for p in _params(layer.linear)]
+        params = [p for layer in self.layers for p in _params(layer)]
         self.bk = params[0]._bk
         self.dtype = params[0].dtype
         for p in params:
@@ -69,32 +89,71 @@ class Executor:
         xp = self.bk.xp
         # parameter gradients do not depend on the batch size: one set, wrapped once as Tensors
         self._grads = {id(p): Tensor._make(xp.empty(p.shape, p.dtype), self.bk) for p in params}
+        self._grad_of = [(p, self._grads[id(p)]) for p in params]
+        for layer in self.layers:  # where backward writes each layer's dW and db
+            layer.dw = self._grads[id(layer.weight)].data
+            layer.db = None if layer.bias is None else self._grads[id(layer.bias)].data
         self._params = params
         self._buffers = {}
+        self._graphs = None
+        self._opt_grads = None  # (optimizer, its parameters' gradient arrays): _optimizer_step
+        if cuda_graph:
+            _check_graphable(loss, optimizer, params)
+            if self.bk.graphs:
+                self._graphs = StepGraphs(self)
 
     # -- public API --------------------------------------------------------------------------
     def step(self, x, y):
         """Forward, backward and optimizer update on one batch; returns the loss as a float."""
         n = self._check_x(x)
+        self._check_device()
         buf = self._buffers_for(n)
-        self._load(buf, x, y)  # validates y before anything changes
-        logits = self._forward(buf)
-        loss = self._loss_and_gradient(buf, logits, n)
-        self._backward(buf)
-        for p in self._params:
-            p.grad = self._grads[id(p)]
-        if self.optimizer is not None:
-            self.optimizer.step()
-        return float(loss)
+        try:
+            self._load(buf, x, y)  # validates y before anything changes
+            if self._graphs is not None:
+                loss = self._graphs.step(buf, n)
+            else:
+                loss = self._loss_and_gradient(buf, self._forward(buf), n)
+                self._backward(buf)
+            for p, grad in self._grad_of:
+                p.grad = grad
+            if self.optimizer is not None and self._graphs is None:
+                self._optimizer_step()
+            return float(loss)
+        finally:
+            buf.input, buf.targets = buf.x, buf.labels  # keep no reference to the caller's data
 
     def predict(self, x):
         """Forward only; returns the output (logits) as a new Tensor."""
         n = self._check_x(x)
         buf = self._buffers_for(n)
-        self._copy_in(buf.x, x)
-        return Tensor._make(self._forward(buf).copy(), self.bk)
+        buf.input = self._stage(buf.x, x)
+        try:
+            return Tensor._make(self._forward(buf).copy(), self.bk)
+        finally:
+            buf.input = buf.x
 
     # -- the plan's pieces -------------------------------------------------------------------
+    def _optimizer_step(self):
+        """optimizer.step(), minus its per-parameter checks when the optimizer holds exactly the
+        model's parameters (the gradients are this executor's own arrays): ~20 us a step."""
+        opt = self.optimizer
+        if self._opt_grads is None or self._opt_grads[0] is not opt:
+            own = {id(p) for p in self._params} == {id(p) for p in opt.params}
+            self._opt_grads = (opt, [self._grads[id(p)].data for p in opt.params] if own
+                               else None)
+        if self._opt_grads[1] is None:
+            opt.step()
+        else:
+            opt._step_arrays(self._opt_grads[1])
+
+    def _check_device(self):
+        """The plan's buffers live on one device: a model moved since needs a new Executor."""
+        moved = next((p for p in self._params if p._bk is not self.bk), None)
+        if moved is not None:
+            raise DeviceError(f"Executor: the model's parameters moved to '{moved.device}' after "
+                              f"the plan was built on '{self.bk.name}'; create a new Executor")
+
     def _check_x(self, x):
         shape = x.shape if hasattr(x, "shape") else np.shape(x)
         expected = self.layers[0].in_features
@@ -112,9 +171,18 @@ class Executor:
             buf = self._buffers[n] = _Buffers(self.bk.xp, n, self.layers, self.dtype, np.int64)
         return buf
 
-    def _copy_in(self, dst, src):
+    def _stage(self, dst, src):
+        """The array the step reads `src` from: `src` itself when it is a contiguous array of the
+        buffer's dtype on this device (and no graph needs a fixed address), else `dst` after
+        copying `src` into it (host data: one upload, no temporary device array)."""
         src = src.data if isinstance(src, Tensor) else src
-        dst[...] = src if self.bk.is_array(src) else self.bk.asarray(np.asarray(src))
+        if not self.bk.is_array(src):
+            self.bk.upload(dst, np.asarray(src))
+            return dst
+        if self._graphs is None and src.dtype == dst.dtype and src.flags.c_contiguous:
+            return src
+        dst[...] = src
+        return dst
 
     def _load(self, buf, x, y):
         n = buf.x.shape[0]
@@ -126,7 +194,7 @@ class Executor:
             if host.shape != (n,):
                 raise ShapeError(f"Executor: labels have shape {host.shape}, expected ({n},)")
             check_labels(host, self.layers[-1].out_features, op="Executor")
-            self._copy_in(buf.labels, labels)
+            buf.targets = self._stage(buf.labels, host if not self.bk.is_array(labels) else labels)
         else:
             target = y.data if isinstance(y, Tensor) else y
             expected = (n, self.layers[-1].out_features)
@@ -135,15 +203,15 @@ class Executor:
                                  f"expected {expected}")
             self._target = target if self.bk.is_array(target) else \
                 self.bk.asarray(np.asarray(target, dtype=self.dtype))
-        self._copy_in(buf.x, x)
+        buf.input = self._stage(buf.x, x)
 
     def _forward(self, buf):
-        xp, a = self.bk.xp, buf.x
+        xp, a = self.bk.xp, buf.input
         for i, layer in enumerate(self.layers):
             z = buf.out[i]
-            xp.matmul(a, layer.linear.weight.data, out=z)
-            if layer.linear.bias is not None:
-                z += layer.linear.bias.data
+            xp.matmul(a, layer.weight.data, out=z)
+            if layer.bias is not None:
+                z += layer.bias.data
             if layer.act == "relu":
                 xp.maximum(z, 0, out=z)
             elif layer.act == "sigmoid":
@@ -156,9 +224,10 @@ class Executor:
     def _loss_and_gradient(self, buf, out, n):
         """The loss, with its gradient w.r.t. the last layer's output written over `out`."""
         if self.loss == "cross_entropy":
-            rows, _ = self.bk.softmax_cross_entropy(out, buf.labels, grad_scale=1.0 / n,
-                                                    inplace=True, check=False)
-            return self.bk.reduce_loss(rows, "mean")
+            # labels were checked on the host (_load): no device-side check, no sync
+            self.bk.softmax_cross_entropy(out, buf.targets, grad_scale=1.0 / n, inplace=True,
+                                          check=False, loss_out=buf.rows)
+            return self.bk.reduce_loss(buf.rows, "mean", out=buf.loss)
         xp = self.bk.xp
         out -= self._target
         loss = xp.vdot(out, out) / out.size
@@ -169,15 +238,15 @@ class Executor:
         xp = self.bk.xp
         g = buf.out[-1]  # gradient w.r.t. the last layer's pre-activation output
         for i in range(len(self.layers) - 1, -1, -1):
-            linear = self.layers[i].linear
-            a_prev = buf.x if i == 0 else buf.out[i - 1]
-            xp.matmul(a_prev.T, g, out=self._grads[id(linear.weight)].data)  # dW = a^T g
-            if linear.bias is not None:
-                g.sum(axis=0, out=self._grads[id(linear.bias)].data)  # db = sum over rows
+            layer = self.layers[i]
+            a_prev = buf.input if i == 0 else buf.out[i - 1]
+            xp.matmul(a_prev.T, g, out=layer.dw)  # dW = a^T g
+            if layer.db is not None:
+                g.sum(axis=0, out=layer.db)  # db = sum over rows
             if i == 0:
                 break  # the input needs no gradient
             ga = buf.grad[i - 1]
-            xp.matmul(g, linear.weight.data.T, out=ga)  # upstream for the layer below
+            xp.matmul(g, layer.weight.data.T, out=ga)  # upstream for the layer below
             self._activation_backward(self.layers[i - 1].act, buf, i - 1)
             g = ga
 
@@ -196,8 +265,19 @@ class Executor:
             g *= t
 
 
-def _params(linear):
-    return [linear.weight] + ([linear.bias] if linear.bias is not None else [])
+def _check_graphable(loss, optimizer, params):
+    """What cuda_graph=True supports (checked on every device, so a script fails the same way
+    on the CPU as on the GPU)."""
+    if loss != "cross_entropy":
+        raise ValueError(f"Executor: cuda_graph=True supports loss='cross_entropy' (the fused "
+                         f"loss kernel), got {loss!r}")
+    if optimizer is not None and {id(p) for p in optimizer.params} != {id(p) for p in params}:
+        raise ValueError("Executor: cuda_graph=True needs an optimizer over exactly the model's "
+                         "parameters (the captured update covers those)")
+
+
+def _params(layer):
+    return [layer.weight] + ([layer.bias] if layer.bias is not None else [])
 
 
 def _plan(model, nn):

@@ -16,6 +16,10 @@ from .errors import ShapeError
 
 # ---- NumPy reference twins -------------------------------------------------------------------
 
+# The reductions as ufunc methods: ndarray.max/.sum go through a Python wrapper each call, which
+# the executor's small-batch step pays several times (the twins only ever see NumPy arrays).
+_max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
+
 
 def sigmoid_forward_ref(x, out=None):
     """y = 1 / (1 + exp(-x)), into `out` when given (which may be x itself).
@@ -56,7 +60,7 @@ def check_labels(labels, num_classes, op="cross_entropy"):
     """Raise ValueError naming the first label outside [0, C)."""
     if labels.size == 0:
         return
-    lo, hi = int(labels.min()), int(labels.max())
+    lo, hi = int(_min(labels, axis=None)), int(_max(labels, axis=None))
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{op}: label {bad} is out of range for {num_classes} classes "
@@ -75,66 +79,111 @@ def _xent_shapes(logits, labels, grad_scale, op):
     if labels.shape != (n,):
         raise ShapeError(f"{op}: labels have shape {labels.shape}, expected ({n},) for logits "
                          f"of shape {logits.shape}")
-    if grad_scale is not None and np.ndim(grad_scale) != 0 and np.shape(grad_scale) != (n,):
+    if grad_scale is not None and not _is_scalar(grad_scale) and np.shape(grad_scale) != (n,):
         raise ShapeError(f"{op}: grad_scale must be a scalar or have shape ({n},), got shape "
                          f"{np.shape(grad_scale)}")
     return n, c
 
 
+def _is_scalar(v):
+    return type(v) is float or type(v) is int or np.ndim(v) == 0  # the common case: no call
+
+
+_rows_cache = {}
+
+
+def _rows(n):
+    """np.arange(n), cached read-only: the row index of every fancy-indexed label access."""
+    rows = _rows_cache.get(n)
+    if rows is None:
+        if len(_rows_cache) > 64:
+            _rows_cache.clear()
+        rows = _rows_cache[n] = np.arange(n)
+        rows.flags.writeable = False
+    return rows
+
+
 def softmax_cross_entropy_ref(logits, labels, grad_scale=None, want_loss=True, inplace=False,
-                              check=True):
+                              check=True, loss_out=None):
     """Per-row loss logsumexp(x) - x[label] and gradient (softmax(x) - onehot) * grad_scale.
 
     grad_scale: None (no gradient), a number or 0-d array, or an (N,) array of per-row scales.
     inplace: the gradient is written into `logits` (and returned). check=True: a label outside
     [0, C) raises ValueError; check=False: that row's loss and gradient are NaN (as on the GPU).
-    The row max is subtracted before exp (no overflow for any finite logits); float16 is
-    accumulated in float32. Returns (loss_rows or None, dlogits or None).
+    loss_out: an (N,) array of the logits' dtype that receives the per-row losses (the executor's
+    buffer: no allocation per step). The row max is subtracted before exp (no overflow for any
+    finite logits); float16 is accumulated in float32. Returns (loss_rows or None, dlogits or None).
     """
     n, c = _xent_shapes(logits, labels, grad_scale, "softmax_cross_entropy")
     if check:
         check_labels(labels, c)
-    bad = (labels < 0) | (labels >= c)
-    safe = np.where(bad, 0, labels) if bad.any() else labels  # bad rows become NaN below
+        bad = None
+    else:
+        bad = _bad_rows(labels, c)
+    safe = labels if bad is None else np.where(bad, 0, labels)  # bad rows become NaN below
     with np.errstate(under="ignore"):  # tiny probabilities flush to 0, as they should
-        return _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace)
+        return _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out)
 
 
-def _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace):
-    rows = np.arange(n)
+def _bad_rows(labels, c):
+    """Mask of labels outside [0, C), or None when every label is valid (the common case costs
+    two reductions, not a mask and two masked writes)."""
+    if labels.size == 0 or (_min(labels, axis=None) >= 0 and _max(labels, axis=None) < c):
+        return None
+    return (labels < 0) | (labels >= c)
+
+
+def _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out):
+    rows = _rows(n)
     x = logits.astype(np.float32) if logits.dtype == np.float16 else logits
-    m = x.max(axis=1, keepdims=True)
-    z_label = x[rows, safe] - m[:, 0]  # read before an in-place gradient overwrites the logits
+    m = _max(x, axis=1, keepdims=True)
     want_grad = grad_scale is not None
     grad = (logits if inplace else np.empty_like(logits)) if want_grad else None
     # exp(x - m) goes straight into the gradient buffer: no (N, C) temporary for the executor
     e = grad if want_grad and grad.dtype == x.dtype else np.empty_like(x)
     np.subtract(x, m, out=e)
+    z_label = e[rows, safe]  # x[label] - max, read before exp overwrites it
     np.exp(e, out=e)
-    s = e.sum(axis=1, keepdims=True)
+    s = _sum(e, axis=1, keepdims=True)
     loss = None
     if want_loss:
-        loss = (np.log(s[:, 0]) - z_label).astype(logits.dtype, copy=False)
-        loss[bad] = np.nan
+        if loss_out is not None and loss_out.dtype == x.dtype:
+            loss = np.log(s[:, 0], out=loss_out)
+            loss -= z_label
+        else:
+            loss = _into((np.log(s[:, 0]) - z_label).astype(logits.dtype, copy=False), loss_out)
+        if bad is not None:
+            loss[bad] = np.nan
     if want_grad:
         e /= s
         e[rows, safe] -= 1
-        e *= grad_scale if np.ndim(grad_scale) == 0 else np.asarray(grad_scale)[:, None]
+        e *= grad_scale if _is_scalar(grad_scale) else np.asarray(grad_scale)[:, None]
         if e is not grad:  # float16: computed in float32, rounded once
             grad[...] = e
-        grad[bad] = np.nan
+        if bad is not None:
+            grad[bad] = np.nan
     return loss, grad
 
 
-def reduce_loss_ref(rows, reduction="sum"):
+def _into(result, out):
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def reduce_loss_ref(rows, reduction="sum", out=None):
     """Sum (or mean) of per-row losses as a 0-d array of their dtype, accumulated in float64 like
-    the deterministic loss_sum kernel."""
+    the deterministic loss_sum kernel; into `out` (0-d, rows' dtype) when given."""
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduce_loss: reduction must be 'sum' or 'mean', got {reduction!r}")
-    total = rows.sum(dtype=np.float64)
+    total = _sum(rows, dtype=np.float64)
     if reduction == "mean":
         total = total * (1.0 / rows.size) if rows.size else np.float64(np.nan)
-    return np.asarray(total, dtype=rows.dtype)
+    if out is None:
+        return np.asarray(total, dtype=rows.dtype)
+    out[...] = total
+    return out
 
 
 # ---- the CUDA sources ------------------------------------------------------------------------
@@ -306,16 +355,16 @@ def _contiguous(a):
     return a if a.flags.c_contiguous else a.copy()
 
 
-def _output(out, like, op):
+def _output(out, shape, dtype, op):
     """Where a kernel writes: `out` itself when it is C-contiguous, else a new array (copied into
-    `out` by _finish). `out` must match `like` in shape and dtype."""
+    `out` by _finish). `out` must have this shape and dtype."""
     if out is None:
-        return _cupy().empty(like.shape, like.dtype)
+        return _cupy().empty(shape, dtype)
     _on_device(out, op, "out")
-    if out.shape != like.shape or out.dtype != like.dtype:
-        raise ShapeError(f"{op}: out is {out.dtype} {out.shape}, expected {like.dtype} "
-                         f"{like.shape}")
-    return out if out.flags.c_contiguous else _cupy().empty(like.shape, like.dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ShapeError(f"{op}: out is {out.dtype} {out.shape}, expected {np.dtype(dtype)} "
+                         f"{tuple(shape)}")
+    return out if out.flags.c_contiguous else _cupy().empty(shape, dtype)
 
 
 def _finish(result, out):
@@ -332,7 +381,7 @@ def sigmoid_forward_cuda(x, out=None):
     _on_device(x, op, "x")
     sfx = _suffix(x.dtype, op)
     x = _contiguous(x)
-    y = _output(out, x, op)
+    y = _output(out, x.shape, x.dtype, op)
     if x.size:
         sms = _device_info()[0]
         _kernel("sigmoid.cu", f"sigmoid_forward_{sfx}")(
@@ -352,7 +401,7 @@ def sigmoid_backward_cuda(y, dy, out=None):
     if dy.shape != y.shape:
         raise ShapeError(f"{op}: y has shape {y.shape}, dy has shape {dy.shape}")
     y, dy = _contiguous(y), _contiguous(dy)
-    dx = _output(out, y, op)
+    dx = _output(out, y.shape, y.dtype, op)
     if y.size:
         sms = _device_info()[0]
         _kernel("sigmoid.cu", f"sigmoid_backward_{sfx}")(
@@ -375,13 +424,15 @@ def _scale_args(grad_scale, x):
 
 
 def softmax_cross_entropy_cuda(logits, labels, grad_scale=None, want_loss=True, inplace=False,
-                               check=True):
+                               check=True, loss_out=None):
     """softmax_cross_entropy_ref on the GPU, in one launch of kernels/softmax_cross_entropy.cu.
 
     check=True reads the kernel's error flag after the launch (one 4-byte copy, a sync) and
     raises ValueError for a label outside [0, C); check=False never syncs (the executor checks
     labels on the host; CUDA-graph capture) and leaves such rows NaN. On that error an in-place
-    call has already overwritten the logits.
+    call has already overwritten the logits. loss_out: an (N,) array for the per-row losses.
+    With inplace=True, contiguous int64 labels, a number as grad_scale and loss_out, check=False
+    allocates nothing (what CUDA-graph capture needs).
     """
     op = "softmax_cross_entropy"
     cp = _cupy()
@@ -393,12 +444,12 @@ def softmax_cross_entropy_cuda(logits, labels, grad_scale=None, want_loss=True, 
     if not (want_loss or want_grad) or n == 0:
         if check:
             check_labels(cp.asnumpy(labels), c)
-        loss = cp.empty(0, logits.dtype) if want_loss else None
+        loss = _output(loss_out, (0,), logits.dtype, op) if want_loss else None
         return loss, ((logits if inplace else cp.empty_like(logits)) if want_grad else None)
     x = _contiguous(logits)
     lab = labels if labels.dtype == np.int64 else labels.astype(np.int64)
     lab = _contiguous(lab)
-    loss = cp.empty(n, x.dtype) if want_loss else x  # unused outputs: a pointer never written
+    loss = _output(loss_out, (n,), x.dtype, op) if want_loss else x  # unused: never written
     grad = (x if inplace else cp.empty_like(x)) if want_grad else x
     scale_ptr, scale_stride, scale_value = _scale_args(grad_scale, x)
     sms, scratch = _device_info()
@@ -413,24 +464,24 @@ def softmax_cross_entropy_cuda(logits, labels, grad_scale=None, want_loss=True, 
     if want_grad and inplace and x is not logits:  # non-contiguous logits: copy the result back
         logits[...] = grad
         grad = logits
-    return (loss if want_loss else None), (grad if want_grad else None)
+    return (_finish(loss, loss_out) if want_loss else None), (grad if want_grad else None)
 
 
-def reduce_loss_cuda(rows, reduction="sum"):
-    """Deterministic sum (or mean) of per-row losses by one block of loss_sum_*: a 0-d array."""
+def reduce_loss_cuda(rows, reduction="sum", out=None):
+    """Deterministic sum (or mean) of per-row losses by one block of loss_sum_*: a 0-d array
+    (`out`, 0-d of rows' dtype, when given: no allocation)."""
     op = "reduce_loss"
-    cp = _cupy()
     _on_device(rows, op, "rows")
     sfx = _suffix(rows.dtype, op)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"{op}: reduction must be 'sum' or 'mean', got {reduction!r}")
     if rows.ndim != 1:
         raise ShapeError(f"{op}: rows must be 1-D, got shape {rows.shape}")
-    out = cp.empty((), rows.dtype)
+    result = _output(out, (), rows.dtype, op)
     if rows.size == 0:
-        out.fill(0 if reduction == "sum" else np.nan)
-        return out
+        result.fill(0 if reduction == "sum" else np.nan)
+        return _finish(result, out)
     mul = 1.0 if reduction == "sum" else 1.0 / rows.size
     _kernel("softmax_cross_entropy.cu", f"loss_sum_{sfx}")(
-        (1,), (1024,), (_contiguous(rows), np.int64(rows.size), np.float64(mul), out))
-    return out
+        (1,), (1024,), (_contiguous(rows), np.int64(rows.size), np.float64(mul), result))
+    return _finish(result, out)

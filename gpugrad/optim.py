@@ -49,8 +49,18 @@ def _params_list(params, who):
 
 class Optimizer:
     """Holds the parameters (`self.params`), the learning rate (`self.lr`, which schedulers
-    change) and per-parameter state. Subclasses define `_update(state, w, g)`: the update of one
-    parameter's array `w` in place from its gradient array `g` (never written)."""
+    change) and per-parameter state. Subclasses define
+
+    - `_scalars(state)`: the host-side bookkeeping of one step of one parameter (Adam's step
+      count) and the numbers that step multiplies by, which may change from step to step (lr,
+      bias corrections), as a tuple of floats;
+    - `_update(state, w, g, h)`: the update of the parameter's array `w` in place from its
+      gradient array `g` (never written), reading those numbers as h[0], h[1], ...;
+    - `_config()`: the settings that decide which array operations `_update` runs.
+
+    The split lets the Executor's CUDA graph replay `_update` with `h` a row of a device array
+    that it rewrites before each replay: a scheduler's new lr and Adam's step count are then
+    honoured without capturing again (a change of `_config()` does make it capture again)."""
 
     def __init__(self, params, lr):
         who = type(self).__name__
@@ -69,12 +79,30 @@ class Optimizer:
         live = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
         for i, p in live:
             self._check_grad(i, p)
+        state = self.state
         with no_grad():
             for i, p in live:
-                self._update(self._state(i, p), p.data, p.grad.data)
+                st = state[i]
+                if st.get("bk") is not p._bk:  # first step, or the model moved device
+                    st = self._state(i, p)
+                self._update(st, p.data, p.grad.data, self._scalars(st))
+
+    def _step_arrays(self, grads):
+        """One update of every parameter from `grads`, gradient arrays in parameter order,
+        without step()'s checks: for a driver that made those arrays itself (the Executor)."""
+        state = self.state
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            st = state[i]
+            if st.get("bk") is not p._bk:
+                st = self._state(i, p)
+            self._update(st, p.data, g, self._scalars(st))
 
     def _check_grad(self, i, p):
-        g, who = p.grad, type(self).__name__
+        g = p.grad
+        if isinstance(g, Tensor) and g._bk is p._bk and g.data.shape == p.data.shape and \
+                g.data.dtype.kind == "f":
+            return  # the usual case in one test; the messages below name what is wrong
+        who = type(self).__name__
         if not isinstance(g, Tensor):
             raise TypeError(f"{who}.step: parameter {i}'s grad is a {type(g).__name__}, not a "
                             f"Tensor")
@@ -113,7 +141,13 @@ class Optimizer:
         d += g
         return d
 
-    def _update(self, st, w, g):
+    def _scalars(self, st):
+        return (self.lr,)
+
+    def _config(self):
+        return ()
+
+    def _update(self, st, w, g, h):
         raise NotImplementedError(f"{type(self).__name__} must define _update()")
 
 
@@ -139,7 +173,10 @@ class SGD(Optimizer):
                  f"SGD: nesterov needs momentum > 0 and dampening 0, got momentum={momentum}, "
                  f"dampening={dampening}")
 
-    def _update(self, st, w, g):
+    def _config(self):
+        return (self.momentum, self.dampening, self.nesterov, self.weight_decay)
+
+    def _update(self, st, w, g, h):
         xp, s, m = st["bk"].xp, st["scratch"], self.momentum
         d = self._decayed(st, w, g, self.weight_decay)
         if m:
@@ -159,7 +196,7 @@ class SGD(Optimizer):
                 d = s
             else:
                 d = buf
-        xp.multiply(d, self.lr, out=s)  # s may be d itself: elementwise, so safe in place
+        xp.multiply(d, h[0], out=s)  # h[0] = lr; s may be d itself: elementwise, safe in place
         w -= s
 
 
@@ -174,6 +211,11 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
+        if not isinstance(betas, (tuple, list)):
+            raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        if len(betas) != 2:
+            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {len(betas)} "
+                             f"values {tuple(betas)}")
         b1, b2 = betas
         self.betas = (_number("Adam: beta1", b1), _number("Adam: beta2", b2))
         self.eps = _number("Adam: eps", eps)
@@ -183,14 +225,23 @@ class Adam(Optimizer):
         _require(self.eps > 0, f"Adam: eps must be > 0, got {eps}")
         _require(self.weight_decay >= 0, f"Adam: weight_decay must be >= 0, got {weight_decay}")
 
-    def _update(self, st, w, g):
+    def _scalars(self, st):
+        """Advance the parameter's step count t; the numbers step t multiplies by are
+        lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
+        b1, b2 = self.betas
+        st["t"] = t = st.get("t", 0) + 1
+        return (self.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t))
+
+    def _config(self):
+        return (self.betas, self.eps, self.weight_decay)
+
+    def _update(self, st, w, g, h):
         xp, s = st["bk"].xp, st["scratch"]
         b1, b2 = self.betas
         d = self._decayed(st, w, g, self.weight_decay)
         if "m" not in st:
-            st["m"], st["v"], st["t"] = xp.zeros_like(w), xp.zeros_like(w), 0
+            st["m"], st["v"] = xp.zeros_like(w), xp.zeros_like(w)
         m, v = st["m"], st["v"]
-        st["t"] = t = st["t"] + 1
         m *= b1
         xp.multiply(d, 1 - b1, out=s)
         m += s
@@ -199,10 +250,10 @@ class Adam(Optimizer):
         s *= 1 - b2
         v += s
         xp.sqrt(v, out=s)  # s = sqrt(v) / sqrt(1 - beta2^t) + eps, the denominator
-        s /= math.sqrt(1 - b2 ** t)
+        s /= h[1]
         s += self.eps
         xp.divide(m, s, out=s)
-        s *= self.lr / (1 - b1 ** t)
+        s *= h[0]  # lr / (1 - beta1^t)
         w -= s
 
 

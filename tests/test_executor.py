@@ -170,3 +170,13 @@ def test_linear_softmax_classifier_without_hidden_layers():
         ex.step(x, y)
         _eager_step(eager, opt, x, y)
     _assert_same_params(eager, planned, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_moved_after_planning_is_refused():
+    model = _model([4, 3], "relu")
+    ex = gg.Executor(model)
+    other = gg.backend.numpy_backend.NumpyBackend()
+    other.name = "elsewhere"
+    model[0].weight._bk = other  # what Module.to(device) does to each parameter
+    with pytest.raises(gg.DeviceError, match="moved to 'elsewhere'.*new Executor"):
+        ex.step(np.zeros((2, 4), np.float32), [0, 1])

@@ -52,7 +52,7 @@ class Backend:
         raise NotImplementedError
 
     def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False,
-                              check=True):
+                              check=True, loss_out=None):
         """Per-row loss `logsumexp(x) - x[label]` and/or `(softmax(x) - onehot) * grad_scale`.
 
         grad_scale: None (no gradient), a number or 0-d array (on the device: it is never read
@@ -61,14 +61,30 @@ class Backend:
         check: True raises ValueError (naming the op, the bad label and C) for a label outside
         [0, C); on the GPU this reads the kernel's error flag, a sync. False skips that read (the
         caller validated the labels, or a CUDA graph is being captured): such rows come out NaN.
+        loss_out: an (N,) array that receives the per-row losses (no allocation).
         Returns (loss_rows or None, dlogits or None).
         """
         raise NotImplementedError
 
-    def reduce_loss(self, rows, reduction="sum"):
-        """Sum or mean of per-row losses as a 0-d array, in a fixed order (deterministic: the
-        same losses give the same bits on every run)."""
+    def reduce_loss(self, rows, reduction="sum", out=None):
+        """Sum or mean of per-row losses as a 0-d array (`out` when given), in a fixed order
+        (deterministic: the same losses give the same bits on every run)."""
         raise NotImplementedError
+
+    # CUDA graphs: record a step's device work once, replay it with one launch
+    graphs = False  # whether capture() records anything on this device
+
+    def capture(self, fn):
+        """Run `fn` once under stream capture and return a graph whose `launch()` replays the
+        device work fn queued (on the current stream), or None where the device has no graphs
+        (the NumPy backend: there is no launch overhead to save). fn must not allocate, read
+        device values back on the host, or depend on host state that changes between replays."""
+        return None
+
+    def upload(self, dst, host):
+        """Copy the host array `host` into the device array `dst` (same shape), in stream order
+        and without a temporary device array."""
+        dst[...] = host
 
     def __repr__(self):
         return f"<gpugrad backend {self.name!r}>"

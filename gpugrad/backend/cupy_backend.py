@@ -71,15 +71,15 @@ class CupyBackend(Backend):
         return dx if direct else _into(dx.astype(dtype, copy=False), out)
 
     def softmax_cross_entropy(self, logits, labels, grad_scale=None, want_loss=True, inplace=False,
-                              check=True):
+                              check=True, loss_out=None):
         if logits.dtype in _KERNEL_DTYPES or logits.dtype.kind != "f":
             return kernels.softmax_cross_entropy_cuda(logits, labels, grad_scale, want_loss,
-                                                      inplace, check)
+                                                      inplace, check, loss_out)
         # float16: accumulate in float32, as the NumPy twin does
         loss, grad = kernels.softmax_cross_entropy_cuda(
             logits.astype(np.float32), labels, grad_scale, want_loss, True, check)
         if loss is not None:
-            loss = loss.astype(logits.dtype)
+            loss = _into(loss.astype(logits.dtype), loss_out)
         if grad is not None:
             if inplace:
                 logits[...] = grad
@@ -88,11 +88,23 @@ class CupyBackend(Backend):
                 grad = grad.astype(logits.dtype)
         return loss, grad
 
-    def reduce_loss(self, rows, reduction="sum"):
+    def reduce_loss(self, rows, reduction="sum", out=None):
         """Deterministic sum / mean of per-row losses (kernels/softmax_cross_entropy.cu)."""
         if rows.dtype in _KERNEL_DTYPES:
-            return kernels.reduce_loss_cuda(rows, reduction)
-        return kernels.reduce_loss_cuda(rows.astype(np.float32), reduction).astype(rows.dtype)
+            return kernels.reduce_loss_cuda(rows, reduction, out)
+        total = kernels.reduce_loss_cuda(rows.astype(np.float32), reduction)
+        return _into(total.astype(rows.dtype), out)
+
+    graphs = True
+
+    def capture(self, fn):
+        from .cuda_graph import CudaGraph
+        return CudaGraph(fn)
+
+    def upload(self, dst, host):
+        # one cudaMemcpyAsync straight from host memory, on the current stream: ordered with the
+        # kernels (and graph replays) queued there
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype), stream=cupy.cuda.get_current_stream())
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -30,6 +30,12 @@ def sum_to(g, shape):
     return np.asarray(g) if isinstance(g, np.generic) else g  # NumPy sums to scalars
 
 
+def _broadcast_from(x, out):
+    """x's shape if broadcasting changed it on the way to `out`, else None (nothing to undo)."""
+    shape = getattr(x, "shape", ())
+    return None if shape == out.shape else shape
+
+
 def broadcast_error(fn, a, b):
     return ShapeError(f"{fn.name}: shapes {shape_of(a)} and {shape_of(b)} cannot be broadcast "
                       f"together")
@@ -37,16 +43,19 @@ def broadcast_error(fn, a, b):
 
 class Add(Function):
     def forward(self, a, b):
-        self.sa, self.sb = shape_of(a), shape_of(b)
         try:
-            return a + b
+            out = a + b
         except ValueError:
             raise broadcast_error(self, a, b) from None
+        # input shapes, kept only where broadcasting changed them (None: the output's shape)
+        self.sa, self.sb = _broadcast_from(a, out), _broadcast_from(b, out)
+        return out
 
     def backward(self, upstream):
         # local gradients are 1 and 1
-        return (sum_to(upstream, self.sa) if self.needs[0] else None,
-                sum_to(upstream, self.sb) if self.needs[1] else None)
+        needs, sa, sb = self.needs, self.sa, self.sb
+        return (None if not needs[0] else upstream if sa is None else sum_to(upstream, sa),
+                None if not needs[1] else upstream if sb is None else sum_to(upstream, sb))
 
 
 class Sub(Function):
@@ -73,9 +82,9 @@ class Mul(Function):
 
     def backward(self, upstream):
         # d(ab)/da = b, d(ab)/db = a
-        a, b = self.a, self.b
-        return (sum_to(upstream * b, shape_of(a)) if self.needs[0] else None,
-                sum_to(upstream * a, shape_of(b)) if self.needs[1] else None)
+        a, b, needs = self.a, self.b, self.needs
+        return (sum_to(upstream * b, shape_of(a)) if needs[0] else None,
+                sum_to(upstream * a, shape_of(b)) if needs[1] else None)
 
 
 class Div(Function):

@@ -1,0 +1,47 @@
+"""One training step (forward, mean cross-entropy, backward, SGD-momentum update) of a ReLU MLP,
+784-256-256-10 and 784-1024-1024-10 at batch 64, 512 and 4096, on cpu and cuda:
+
+    executor  gg.Executor                 graph   gg.Executor(cuda_graph=True), CUDA only
+    eager     the autograd graph          floor   hand-written NumPy / CuPy (gpugrad.bench.floor)
+    torch     PyTorch eager on the same device
+
+Data stays on the device; each timed call ends with the loss read back as a Python float (the
+GPU's synchronize). Host <-> device copies are timed apart, in bench_ops.py. The contenders are
+built by gpugrad.bench.workloads, the code `gpugrad bench` times too. Every device and contender
+of one model and batch size share a pytest-benchmark group.
+"""
+import pytest
+
+from gpugrad.bench import workloads as wl
+from gpugrad.bench.timing import Unavailable
+
+MODELS = {"full": [(784, 256, 256, 10), (784, 1024, 1024, 10)], "quick": [(64, 32, 32, 10)]}
+BATCHES = {"full": [64, 512, 4096], "quick": [16]}
+
+
+def _cases(kind):
+    return [(s, n) for s in MODELS[kind] for n in BATCHES[kind]]
+
+
+def _id(case):
+    sizes, n = case
+    return f"{'-'.join(map(str, sizes))}-b{n}"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("impl", wl.TRAIN_IMPLS)
+@pytest.mark.parametrize("case", range(len(_cases("full"))),
+                         ids=[_id(c) for c in _cases("full")])
+def test_train_step(benchmark, measure, quick, case, impl, device):
+    cases = _cases("quick" if quick else "full")
+    if case >= len(cases):
+        pytest.skip("quick mode runs one case")
+    sizes, n = cases[case]
+    try:
+        fn = wl.train_step(impl, device, sizes, n)
+    except Unavailable as e:
+        pytest.skip(str(e))
+    benchmark.group = f"train step {_id((sizes, n))}"
+    measure(fn, device=device, op="train_step", shape=_id((sizes, n)), dtype="float32",
+            impl=impl, model="-".join(map(str, sizes)), batch=n,
+            flops=wl.train_flops(sizes, n))
