@@ -95,16 +95,18 @@ class Function:
         arrays, edges = [], []
         for a in args:
             if isinstance(a, Tensor):
-                if a._bk is not bk:
+                abk = a._bk
+                if abk is not bk:
                     if bk is not None:
                         raise DeviceError(f"{fn.name}: inputs are on different devices "
-                                          f"('{bk.name}' and '{a._bk.name}'); move one with "
+                                          f"('{bk.name}' and '{abk.name}'); move one with "
                                           f".to(device)")
-                    bk = a._bk
+                    bk = abk
                 arrays.append(a.data)
                 if a._rg:
                     track = True
-                    edges.append(a._ctx if a._ctx is not None else a)
+                    ctx = a._ctx
+                    edges.append(a if ctx is None else ctx)
                 else:
                     edges.append(None)
             else:
@@ -120,22 +122,27 @@ class Function:
         out = fn.forward(*arrays)
         if isinstance(out, np.generic):  # NumPy returns scalars from 0-d arithmetic
             out = np.asarray(out)
-        if out.dtype is _F64 and not fn.exact_dtype and not _any_float64(arrays):
+        dtype = out.dtype
+        if dtype is _F64 and not fn.exact_dtype and not _any_float64(arrays):
             out = out.astype(np.float32)  # ints and Python floats make float32, as tensor() does
-        t = Tensor._make(out, bk)
-        if grad_mode.anomaly:
+            dtype = out.dtype
+        t = _new(Tensor)  # Tensor._make, inlined: this runs once per op
+        t.data, t.grad, t._bk, t.name = out, None, bk, None
+        mode = grad_mode
+        if mode.anomaly:
             from .anomaly import check_forward
             check_forward(fn, arrays, out)
-        if track and grad_mode.enabled and out.dtype.kind == "f":
+        if track and mode.enabled and dtype.kind == "f":
             fn.next = edges
             fn.needs = [e is not None for e in edges]
             fn.seq = next(_sequence)
-            fn.out_meta = (out.shape, out.dtype)  # for gg.viz: the output Tensor is not kept
-            if grad_mode.anomaly:
+            fn.out_meta = (out.shape, dtype)  # for gg.viz: the output Tensor is not kept
+            if mode.anomaly:
                 from .anomaly import record
                 record(fn, arrays)
-            t._ctx = fn
-            t._rg = True
+            t._ctx, t._rg = fn, True
+        else:
+            t._ctx, t._rg = None, False
         return t
 
     def release(self):
@@ -416,8 +423,9 @@ def run_backward(root, seed, retain_graph=False):
     root._ctx.g = seed
     anomaly = grad_mode.anomaly
     for fn in order:
-        upstream, fn.g = fn.g, None
+        upstream = fn.g
         if upstream is not None:
+            fn.g = None
             grads = fn.backward(upstream)
             if anomaly:
                 from .anomaly import check_backward
