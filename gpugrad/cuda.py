@@ -22,8 +22,4 @@ def device_name():
     """The current GPU's name and memory, e.g. 'NVIDIA H100 80GB HBM3, 79.1 GiB' (None without one)."""
     if not is_available():
         return None
-    import cupy
-    dev = cupy.cuda.Device()
-    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    return f"{name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, sm_{props['major']}{props['minor']}"
+    return _backend.get_backend("cuda").device_name()

@@ -22,6 +22,10 @@ class Backend:
         """Whether `obj` is an array of this backend's array type."""
         raise NotImplementedError
 
+    def device_name(self):
+        """A one-line description of the device (for gpugrad info and reports)."""
+        return self.name
+
     def synchronize(self):
         """Wait until queued work on the device is done (a no-op on the CPU)."""
 

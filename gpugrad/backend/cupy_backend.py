@@ -26,6 +26,12 @@ class CupyBackend(Backend):
     def is_array(self, obj):
         return isinstance(obj, cupy.ndarray)
 
+    def device_name(self):
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"{name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
+                f"sm_{props['major']}{props['minor']}")
+
     def synchronize(self):
         cupy.cuda.get_current_stream().synchronize()
 
