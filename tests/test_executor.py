@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
+from _training import eager_step
 from gpugrad import nn, optim
 
 
@@ -16,15 +17,6 @@ def _model(sizes, activation, seed=0, dtype=None):
 def _data(n=64, features=20, classes=5, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, features)).astype(dtype), rng.integers(0, classes, n)
-
-
-def _eager_step(model, opt, x, y, loss="cross_entropy"):
-    out = model(gg.tensor(x))
-    value = gg.cross_entropy(out, y) if loss == "cross_entropy" else gg.mse_loss(out, y)
-    opt.zero_grad()
-    value.backward()
-    opt.step()
-    return value.item()
 
 
 def _assert_same_params(a, b, rtol, atol):
@@ -41,7 +33,7 @@ def test_same_parameters_as_eager_after_10_momentum_steps(activation):
     ex = gg.Executor(planned, loss="cross_entropy", optimizer=opt_p)
     for step in range(10):
         x, y = _data(seed=step)
-        le = _eager_step(eager, opt_e, x, y)
+        le = eager_step(eager, opt_e, x, y)
         lp = ex.step(x, y)
         assert isinstance(lp, float)
         np.testing.assert_allclose(lp, le, rtol=1e-5)
@@ -57,7 +49,7 @@ def test_float64_adam_and_weight_decay_match_eager_tightly():
     ex = gg.Executor(planned, optimizer=opt_p)
     for step in range(10):
         x, y = _data(32, 8, 3, seed=step, dtype=np.float64)
-        assert ex.step(x, y) == pytest.approx(_eager_step(eager, opt_e, x, y), rel=1e-12)
+        assert ex.step(x, y) == pytest.approx(eager_step(eager, opt_e, x, y), rel=1e-12)
     _assert_same_params(eager, planned, rtol=1e-11, atol=1e-13)
 
 
@@ -69,7 +61,7 @@ def test_mse_loss_matches_eager():
     for _ in range(5):
         x = rng.standard_normal((16, 4)).astype(np.float32)
         t = rng.standard_normal((16, 2)).astype(np.float32)
-        np.testing.assert_allclose(ex.step(x, t), _eager_step(eager, opt_e, x, t, "mse"),
+        np.testing.assert_allclose(ex.step(x, t), eager_step(eager, opt_e, x, t, "mse"),
                                    rtol=1e-5)
     _assert_same_params(eager, planned, rtol=1e-5, atol=1e-6)
 
@@ -168,7 +160,7 @@ def test_linear_softmax_classifier_without_hidden_layers():
     for step in range(3):
         x, y = _data(seed=step)
         ex.step(x, y)
-        _eager_step(eager, opt, x, y)
+        eager_step(eager, opt, x, y)
     _assert_same_params(eager, planned, rtol=1e-5, atol=1e-6)
 
 

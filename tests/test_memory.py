@@ -10,10 +10,10 @@ import tracemalloc
 import weakref
 
 import numpy as np
+from _training import eager_step, small_problem
 import pytest
 
 import gpugrad as gg
-from gpugrad import nn, optim
 from gpugrad.tensor import Function, Tensor
 
 STEPS, WARMUP = 2000, 200
@@ -54,21 +54,7 @@ def live_graph_objects():
 
 @pytest.fixture
 def setup():
-    gg.manual_seed(0)
-    model = nn.mlp([16, 32, 32, 4])
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    y = rng.integers(0, 4, 32)
-    return model, opt, x, y
-
-
-def eager_step(model, opt, x, y):
-    loss = gg.cross_entropy(model(gg.tensor(x)), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.item()
+    return small_problem()
 
 
 def assert_flat(step, label, steps=STEPS):

@@ -7,7 +7,6 @@ from ..errors import DeviceError
 from .base import Backend
 from .numpy_backend import NumpyBackend
 
-DEVICES = ("cpu", "cuda")
 _cpu = NumpyBackend()
 _cuda = None           # CupyBackend once probed and usable
 _cuda_reason = None    # why CUDA is unusable, once probed

@@ -5,9 +5,9 @@ import gc
 
 import numpy as np
 import pytest
+from _training import eager_step, small_problem
 
 import gpugrad as gg
-from gpugrad import nn, optim
 
 pytestmark = pytest.mark.gpu
 
@@ -25,22 +25,9 @@ def pool_used(cp):
 
 @pytest.fixture
 def setup(cp, on_cuda):
-    gg.manual_seed(0)
-    model = nn.mlp([16, 32, 32, 4])
+    model, opt, x, y = small_problem()
     assert all(p.device == "cuda" for p in model.parameters())
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    y = rng.integers(0, 4, 32)
     return model, opt, x, y
-
-
-def eager_step(model, opt, x, y):
-    loss = gg.cross_entropy(model(gg.tensor(x)), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.item()
 
 
 def assert_pool_flat(cp, step, label):
