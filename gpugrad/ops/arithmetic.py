@@ -30,12 +30,6 @@ def sum_to(g, shape):
     return np.asarray(g) if isinstance(g, np.generic) else g  # NumPy sums to scalars
 
 
-def _broadcast_from(x, out):
-    """x's shape if broadcasting changed it on the way to `out`, else None (nothing to undo)."""
-    shape = getattr(x, "shape", ())
-    return None if shape == out.shape else shape
-
-
 def broadcast_error(fn, a, b):
     return ShapeError(f"{fn.name}: shapes {shape_of(a)} and {shape_of(b)} cannot be broadcast "
                       f"together")
@@ -43,19 +37,16 @@ def broadcast_error(fn, a, b):
 
 class Add(Function):
     def forward(self, a, b):
+        self.sa, self.sb = shape_of(a), shape_of(b)
         try:
-            out = a + b
+            return a + b
         except ValueError:
             raise broadcast_error(self, a, b) from None
-        # input shapes, kept only where broadcasting changed them (None: the output's shape)
-        self.sa, self.sb = _broadcast_from(a, out), _broadcast_from(b, out)
-        return out
 
     def backward(self, upstream):
-        # local gradients are 1 and 1
-        needs, sa, sb = self.needs, self.sa, self.sb
-        return (None if not needs[0] else upstream if sa is None else sum_to(upstream, sa),
-                None if not needs[1] else upstream if sb is None else sum_to(upstream, sb))
+        # local gradients are 1 and 1 (sum_to returns upstream itself where no axis broadcast)
+        return (sum_to(upstream, self.sa) if self.needs[0] else None,
+                sum_to(upstream, self.sb) if self.needs[1] else None)
 
 
 class Sub(Function):
