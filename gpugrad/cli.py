@@ -118,6 +118,12 @@ def _info(args):
         print(f"  cuda       yes ({cuda.device_name()})")
     else:
         print(f"  cuda       no: {cuda.unavailable_reason()}")
+    for name, ok, detail in cuda.probe_report():  # stops at the first failed check
+        print(f"    {name:<9}{'ok' if ok else 'FAILED'}: {detail}")
+    if cuda.is_available():
+        ok, why = cuda.graphs_available(), cuda.graphs_unavailable_reason()
+        print(f"    {'graphs':<9}{'ok' if ok else 'FAILED'}: "
+              f"{why or 'GEMM + kernel + reductions captured into a CUDA graph and replayed'}")
     print("kernels:")
     verdict = {True: "yes", False: "FAILED", None: "not checked"}
     for name, st in kernels.status().items():

@@ -100,6 +100,10 @@ class Executor:
         if cuda_graph:
             _check_graphable(loss, optimizer, params)
             if self.bk.graphs:
+                ok, reason = self.bk.graph_status()
+                if not ok:
+                    raise DeviceError(f"Executor: cuda_graph=True, but CUDA-graph capture does "
+                                      f"not work on this device: {reason}")
                 self._graphs = StepGraphs(self)
 
     # -- public API --------------------------------------------------------------------------
@@ -209,7 +213,7 @@ class Executor:
         xp, a = self.bk.xp, buf.input
         for i, layer in enumerate(self.layers):
             z = buf.out[i]
-            xp.matmul(a, layer.weight.data, out=z)
+            self.bk.matmul(a, layer.weight.data, out=z)
             if layer.bias is not None:
                 z += layer.bias.data
             if layer.act == "relu":
@@ -235,18 +239,18 @@ class Executor:
         return loss
 
     def _backward(self, buf):
-        xp = self.bk.xp
+        bk = self.bk
         g = buf.out[-1]  # gradient w.r.t. the last layer's pre-activation output
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             a_prev = buf.input if i == 0 else buf.out[i - 1]
-            xp.matmul(a_prev.T, g, out=layer.dw)  # dW = a^T g
+            bk.matmul(a_prev.T, g, out=layer.dw)  # dW = a^T g
             if layer.db is not None:
-                g.sum(axis=0, out=layer.db)  # db = sum over rows
+                bk.sum_rows(g, out=layer.db)  # db = sum over rows
             if i == 0:
                 break  # the input needs no gradient
             ga = buf.grad[i - 1]
-            xp.matmul(g, layer.weight.data.T, out=ga)  # upstream for the layer below
+            bk.matmul(g, layer.weight.data.T, out=ga)  # upstream for the layer below
             self._activation_backward(self.layers[i - 1].act, buf, i - 1)
             g = ga
 

@@ -98,7 +98,7 @@ def test_probe_explains_each_failure(monkeypatch, cause, expected):
     reason = gg.cuda.unavailable_reason()
     assert expected in reason
     if cause in ("missing", "olddriver"):
-        assert "gpugrad[cuda12]" in reason and "gpugrad[cuda13]" in reason
+        assert '".[cuda12]"' in reason and '".[cuda13]"' in reason
     if cause == "olddriver":
         assert "11.8" in reason and "12.9" in reason
     with pytest.raises(gg.DeviceError, match=expected):
@@ -122,3 +122,48 @@ def test_manual_seed_validates():
         gg.manual_seed(-1)
     with pytest.raises(TypeError, match="manual_seed"):
         gg.manual_seed(1.5)
+
+
+@pytest.mark.parametrize("failing, expected", [
+    ("nvrtc", "NVRTC"), ("cublas", "cuBLAS"), ("curand", "cuRAND")])
+def test_probe_names_the_failing_library_and_the_fix(monkeypatch, failing, expected):
+    """CuPy imports and a device answers, but NVRTC, cuBLAS or cuRAND does not work: CUDA is
+    reported unusable, by name, with the install command (never a True that fails later)."""
+    pytest.importorskip("cupy")
+    from gpugrad.backend import cupy_backend, probe
+
+    def broken(*args, **kwargs):
+        raise OSError(f"lib{failing} is missing")
+
+    monkeypatch.setattr(probe, "_device", lambda cupy, explain: "a simulated device")
+    for step in ("nvrtc", "cublas"):
+        monkeypatch.setattr(probe, f"_{step}", broken if step == failing else
+                            (lambda cupy: "simulated: works"))
+    if failing == "curand":
+        monkeypatch.setattr(cupy_backend.CupyBackend, "__init__", broken)
+    else:  # no driver here: the real generator would fail too; simulate a working one
+        monkeypatch.setattr(cupy_backend.CupyBackend, "__init__", lambda self, seed=None: None)
+        monkeypatch.setattr(cupy_backend.CupyBackend, "randn",
+                            lambda self, shape, dtype: np.linspace(-1, 1, 64))
+        monkeypatch.setattr(cupy_backend.cupy, "asnumpy", lambda a: a)
+    monkeypatch.setattr(backend, "_cuda", None)
+    monkeypatch.setattr(backend, "_cuda_reason", None)
+    assert gg.cuda.is_available() is False
+    reason = gg.cuda.unavailable_reason()
+    assert reason.startswith(f"{failing}:") and expected in reason and "[ctk]" in reason
+    rows = gg.cuda.probe_report()
+    assert rows[-1][:2] == (failing, False) and all(ok for _, ok, _ in rows[:-1])
+    assert [r[0] for r in rows] == list(probe.CHECKS[:probe.CHECKS.index(failing) + 1])
+    assert gg.cuda.graphs_available() is False
+
+
+def test_probe_never_raises(monkeypatch):
+    from gpugrad.backend import probe
+
+    def explode(**kwargs):
+        raise SystemError("something unforeseen")
+    monkeypatch.setattr(probe, "probe", explode)
+    monkeypatch.setattr(backend, "_cuda", None)
+    monkeypatch.setattr(backend, "_cuda_reason", None)
+    assert gg.cuda.is_available() is False
+    assert "something unforeseen" in gg.cuda.unavailable_reason()

@@ -174,3 +174,16 @@ def test_graph_mode_rejects_what_it_cannot_capture():
     opt = optim.SGD(list(model.parameters()) + [other], lr=0.1)
     with pytest.raises(ValueError, match="exactly the model's parameters"):
         gg.Executor(model, optimizer=opt, cuda_graph=True)
+
+
+def test_device_where_capture_does_not_work_is_refused_at_construction():
+    """The graph probe failed (e.g. cuBLAS cannot be captured there): a clear error now, not a
+    failure at the third step."""
+    class NoCapture(ReplayBackend):
+        def graph_status(self):
+            return False, "CUDA-graph capture failed: simulated"
+
+    model = nn.mlp([12, 8, 4], device=NoCapture())
+    with pytest.raises(gg.DeviceError, match="cuda_graph=True.*capture does not work.*simulated"):
+        gg.Executor(model, optimizer=optim.SGD(model.parameters(), lr=0.1), cuda_graph=True)
+    assert gg.Executor(model, optimizer=optim.SGD(model.parameters(), lr=0.1))._graphs is None

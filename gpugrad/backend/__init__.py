@@ -13,29 +13,22 @@ _cuda_reason = None    # why CUDA is unusable, once probed
 _seed = None           # the last manual_seed, applied to a backend created later
 _default = _cpu
 
-_INSTALL_HINT = ("install CuPy for your driver: pip install 'gpugrad[cuda12]' (CUDA 12.x, "
-                 "driver >= 525) or 'gpugrad[cuda13]' (CUDA 13.x)")
+_INSTALL_HINT = ("install CuPy for your driver: from gpugrad's checkout, pip install \".[cuda12]\" "
+                 "(CUDA 12.x, driver >= 525) or \".[cuda13]\" (CUDA 13.x)")
+_probe_rows = []       # the last probe's [(check, ok, detail)], for gpugrad info
 
 
 def _probe_cuda():
-    """Return (backend, None) if a GPU is usable, else (None, reason)."""
+    """Return (backend, None) if a GPU is usable, else (None, reason); never raises."""
+    global _probe_rows
+    from . import probe
     try:
-        import cupy
-    except ImportError as e:
-        return None, f"CuPy is not installed ({e}); {_INSTALL_HINT}"
-    try:
-        from cupy_backends.cuda.api import runtime
-        count = runtime.getDeviceCount()
-    except Exception as e:  # CUDARuntimeError, or a missing libcuda / libcudart
-        return None, _explain_cuda_failure(cupy, e)
-    if count == 0:
-        return None, "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
-    try:
-        cupy.zeros(1).sum().item()  # the first real device call: context creation and a launch
-    except Exception as e:
-        return None, _explain_cuda_failure(cupy, e)
-    from .cupy_backend import CupyBackend
-    return CupyBackend(seed=_seed), None
+        bk, reason, _probe_rows = probe.probe(seed=_seed, explain=_explain_cuda_failure)
+    except BaseException as e:  # noqa: BLE001  the probe must answer, whatever broke
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        bk, reason, _probe_rows = None, f"the CUDA probe failed: {type(e).__name__}: {e}", []
+    return bk, reason
 
 
 def _explain_cuda_failure(cupy, error):
@@ -46,6 +39,8 @@ def _explain_cuda_failure(cupy, error):
     except Exception:
         driver, built_for = 0, 0
     cuda = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731  (12090 -> "12.9")
+    if "no CUDA device is visible" in msg:
+        return msg
     if "NoDevice" in msg:
         return f"no CUDA device is visible ({msg}); check nvidia-smi and CUDA_VISIBLE_DEVICES"
     if driver == 0:
@@ -64,6 +59,18 @@ def cuda_status():
     if _cuda is None and _cuda_reason is None:
         _cuda, _cuda_reason = _probe_cuda()
     return _cuda is not None, _cuda_reason
+
+
+def probe_report():
+    """[(check, ok, detail)] of the CUDA probe (see backend/probe.py), probing if needed."""
+    cuda_status()
+    return list(_probe_rows)
+
+
+def graph_status():
+    """(ok, reason): whether CUDA-graph capture of a GEMM + kernel + reduction works here."""
+    ok, reason = cuda_status()
+    return _cuda.graph_status() if ok else (False, reason)
 
 
 def get_backend(device) -> Backend:

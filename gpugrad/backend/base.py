@@ -42,6 +42,17 @@ class Backend:
     def permutation(self, n: int):
         raise NotImplementedError
 
+    def matmul(self, a, b, out=None):
+        """a @ b with NumPy's rules (1-D promotion, broadcast batch axes), into `out` when given.
+        On CUDA, float16/32/64 products go through gpugrad's own cuBLAS handle, which a CUDA graph
+        can capture (backend/cublas.py)."""
+        raise NotImplementedError
+
+    def sum_rows(self, a, out=None):
+        """a.sum(axis=0) of a 2-D array, into `out` when given (the bias gradient). On CUDA a
+        GEMV with a ones vector: capturable, and no reduction workspace is allocated."""
+        raise NotImplementedError
+
     def index_add(self, target, index, values):
         """target[index] += values, accumulating repeated indices (the backward of t[index])."""
         raise NotImplementedError
@@ -77,6 +88,13 @@ class Backend:
 
     # CUDA graphs: record a step's device work once, replay it with one launch
     graphs = False  # whether capture() records anything on this device
+    # {operation: why a captured step must not call it}; everything else a training step uses
+    # is capture-safe when given its output buffers (see each backend)
+    capture_unsafe = {}
+
+    def graph_status(self):
+        """(ok, reason): whether capture() records and replays work correctly on this device."""
+        return (True, None) if self.graphs else (False, f"the {self.name} backend has no graphs")
 
     def capture(self, fn):
         """Run `fn` once under stream capture and return a graph whose `launch()` replays the

@@ -35,6 +35,12 @@ class NumpyBackend(Backend):
     def permutation(self, n):
         return self.rng.permutation(n)
 
+    def matmul(self, a, b, out=None):
+        return np.matmul(a, b, out=out)
+
+    def sum_rows(self, a, out=None):
+        return np.add.reduce(a, axis=0, out=out)
+
     def index_add(self, target, index, values):
         np.add.at(target, index, values)
 

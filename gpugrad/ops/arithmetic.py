@@ -135,7 +135,7 @@ class MatMul(Function):
             raise ShapeError(f"matmul: inner sizes differ: {sa} @ {sb} ({k_a} != {k_b})")
         self.a, self.b = a, b
         try:
-            return a @ b
+            return self.bk.matmul(a, b)  # on CUDA: gpugrad's own cuBLAS handle (capturable)
         except ValueError:
             raise ShapeError(f"matmul: batch shapes {sa[:-2]} and {sb[:-2]} cannot be broadcast "
                              f"together ({sa} @ {sb})") from None
@@ -153,11 +153,11 @@ class MatMul(Function):
             g = g[..., :, None]
         ga = gb = None
         if self.needs[0]:
-            ga = g @ b2.swapaxes(-1, -2)
+            ga = self.bk.matmul(g, b2.swapaxes(-1, -2))
             ga = sum_to(ga, a2.shape)
             ga = ga.reshape(a.shape) if a.ndim == 1 else ga
         if self.needs[1]:
-            gb = a2.swapaxes(-1, -2) @ g
+            gb = self.bk.matmul(a2.swapaxes(-1, -2), g)
             gb = sum_to(gb, b2.shape)
             gb = gb.reshape(b.shape) if b.ndim == 1 else gb
         return ga, gb
