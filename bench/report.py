@@ -1,7 +1,14 @@
 """Turn a device check's outputs into report.json and report.md.
 
     python bench/report.py --out DIR --bench-json DIR/bench.json [--bench-json MORE.json ...]
-                           [--junit DIR/gpu_tests.xml] [--tests-rc N] [--bench-rc N] [--seconds S]
+                           [--junit DIR/gpu_tests.xml] [--stages DIR/stages.tsv]
+                           [--preflight DIR/preflight.json] [--train-metrics DIR/train/metrics.json]
+                           [--tests-rc N] [--bench-rc N] [--seconds S]
+
+The report opens with what ran on the GPU and what did not: one line per stage of
+bench/device_check.sh (its exit status and time from stages.tsv), the probe's checks, the GPU
+tests' counts, the digits training run's device, accuracy and time, and how many benchmark rows
+were measured on the GPU.
 
 Reads pytest-benchmark's JSON (the `extra_info` that bench/conftest.py's `measure` records:
 op, shape, dtype, impl, device, median_s, bytes, gbps, copy_gbps, frac_of_copy) and the GPU tests'
@@ -164,9 +171,68 @@ def _fmt_target(value, key):
     return f"{value:.0%}" if key == "frac" else f"{value:.2f}x"
 
 
+def read_stages(path):
+    """[{name, rc, seconds, limit}] from device_check.sh's stages.tsv."""
+    if not path or not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        name, rc, seconds, limit = line.split("\t")
+        rows.append({"name": name, "rc": int(rc), "seconds": int(seconds), "limit": int(limit)})
+    return rows
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+_STAGE_TEXT = {
+    "preflight": "CUDA probe (NVRTC kernel, cuBLAS GEMM, cuRAND) and CUDA-graph probe",
+    "gpu_tests": "GPU tests (tests/gpu)",
+    "train": "gpugrad train --device cuda on digits",
+    "bench_kernels": "fused-kernel benchmarks",
+    "bench_cuda": "training-step, eager-overhead and copy benchmarks on cuda",
+    "bench_cpu": "training-step benchmarks on the CPU (for the speedups)",
+}
+
+
+def ran_on_gpu(report):
+    """Plain lines: each stage, whether it ran and passed, and what it measured."""
+    lines, stages = [], {s["name"]: s for s in report.get("stages", [])}
+    pre = report.get("preflight") or {}
+    for name, text in _STAGE_TEXT.items():
+        st = stages.get(name)
+        if st is None:
+            lines.append(f"- **did not run**: {text}")
+            continue
+        verdict = ("passed" if st["rc"] == 0 else
+                   "TIMED OUT" if st["rc"] in (124, 137) else f"FAILED (exit {st['rc']})")
+        lines.append(f"- **{verdict}** in {st['seconds']} s (limit {st['limit']} s): {text}")
+    for check, ok, detail in pre.get("checks", []):
+        lines.append(f"  - probe `{check}`: {'ok' if ok else 'FAILED'}: {detail}")
+    if "graphs" in pre:
+        lines.append(f"  - probe `graphs`: {'ok' if pre['graphs'] else 'FAILED'}"
+                     f"{': ' + pre['graphs_reason'] if pre.get('graphs_reason') else ''}")
+    train_run = report.get("train_run")
+    if train_run:
+        lines.append(f"- digits training: device {train_run.get('device')}, test accuracy "
+                     f"{train_run.get('test_accuracy')}, {train_run.get('seconds')} s")
+    rows = report.get("benchmarks", [])
+    on_gpu = sum(r["device"] == "cuda" for r in rows)
+    lines.append(f"- benchmark rows measured on the GPU: {on_gpu}; on the CPU: "
+                 f"{sum(r['device'] == 'cpu' for r in rows)}")
+    return lines
+
+
 def markdown(report):
     env, lines = report["environment"], []
     lines.append(f"# gpugrad device check ({env.get('date', '')})\n")
+    lines.append("## What ran on the GPU\n")
+    lines.extend(ran_on_gpu(report))
+    lines.append("")
     lines.append("| | |\n|---|---|")
     for key in ("device", "compute_capability", "memory_gib", "driver", "cuda_driver_api",
                 "cuda_runtime", "cupy", "torch", "torch_cuda", "numpy", "python", "gpugrad",
@@ -228,12 +294,27 @@ def main(argv=None):
     ap.add_argument("--tests-rc", type=int)
     ap.add_argument("--bench-rc", type=int)
     ap.add_argument("--seconds", type=float)
+    ap.add_argument("--stages", help="device_check.sh's stages.tsv")
+    ap.add_argument("--preflight", help="the preflight stage's JSON")
+    ap.add_argument("--train-metrics", help="metrics.json of the training run")
     args = ap.parse_args(argv)
+    stages = {s["name"]: s["rc"] for s in read_stages(args.stages)}
+    if args.tests_rc is None:
+        args.tests_rc = stages.get("gpu_tests")
+    if args.bench_rc is None:
+        bench = [rc for name, rc in stages.items() if name.startswith("bench") and rc]
+        ran = any(name.startswith("bench") for name in stages)
+        args.bench_rc = bench[0] if bench else (0 if ran else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"environment": environment(), "tests": test_summary(args.junit),
               "tests_rc": args.tests_rc, "bench_rc": args.bench_rc, "seconds": args.seconds,
-              "benchmarks": [], "targets": []}
+              "benchmarks": [], "targets": [], "stages": read_stages(args.stages),
+              "preflight": _read_json(args.preflight),
+              "train_run": _read_json(args.train_metrics)}
+    if report["train_run"]:  # the summary, not the per-epoch history
+        report["train_run"] = {k: report["train_run"].get(k) for k in
+                               ("device", "test_accuracy", "train_accuracy", "seconds")}
     found = [p for p in args.bench_json if Path(p).is_file()]  # a timed-out run writes none
     if found:
         rows, machine, when = benchmark_rows(found)
