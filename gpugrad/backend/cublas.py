@@ -124,6 +124,11 @@ def plan(a_shape, a_strides, b_shape, b_strides, itemsize):
         raise ShapeError(f"matmul: batch shapes {tuple(a_shape[:-2])} and "
                          f"{tuple(b_shape[:-2])} cannot be broadcast together "
                          f"({tuple(a_shape)} @ {tuple(b_shape)})") from None
+    batch = int(np.prod(batch_shape, dtype=np.int64))
+    out_shape = tuple(batch_shape) + (m, n)
+    if 0 in (batch, m, n, k):  # nothing to read (the caller skips or zero-fills): any valid call
+        return Plan(OP_N, OP_N, n, m, k, max(n, 1), max(k, 1), max(n, 1), 0, 0, m * n, batch,
+                    out_shape)
     if any(s % itemsize for s in (*a_strides, *b_strides)):
         return None
     a_el = [s // itemsize for s in a_strides]
@@ -134,12 +139,11 @@ def plan(a_shape, a_strides, b_shape, b_strides, itemsize):
     sb = _batch_stride(batch_shape, b_shape[:-2], b_el[:-2])
     if la is None or lb is None or sa is None or sb is None or sa < 0 or sb < 0:
         return None
-    batch = int(np.prod(batch_shape, dtype=np.int64))
     if max(m, n, k, la[1], lb[1], batch) > _INT_MAX:
         return None
     return Plan(transa=lb[0], transb=la[0], m=n, n=m, k=k, lda=lb[1], ldb=la[1],
                 ldc=max(n, 1), stride_a=sb, stride_b=sa, stride_c=m * n, batch=batch,
-                out_shape=tuple(batch_shape) + (m, n))
+                out_shape=out_shape)
 
 
 # ---- the library and the handles -------------------------------------------------------------

@@ -76,6 +76,8 @@ class CupyBackend(Backend):
             a2, b2 = (cupy.ascontiguousarray(cupy.broadcast_to(x, batch + x.shape[-2:]))
                       for x in (a2, b2))
             p = cublas.plan(a2.shape, a2.strides, b2.shape, b2.strides, a.itemsize)
+            if p is None:  # e.g. sizes past cuBLAS's 32-bit arguments
+                return cupy.matmul(a, b, out=out)
         m, n = p.out_shape[-2:]  # drop the axes that 1-D promotion added, as NumPy does
         shape = p.out_shape[:-2] + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
         direct = (out is not None and out.dtype == a.dtype and out.shape == shape

@@ -117,7 +117,7 @@ def _nvrtc(cupy):
     finally:
         nvrtc.destroyProgram(prog)
     module = function.Module()
-    module.load(ptx)
+    module.load(ptx if ptx.endswith(b"\0") else ptx + b"\0")  # the driver reads a C string
     kernel = module.get_function("gpugrad_probe")
     x = cupy.arange(37, dtype=np.float32)
     y = cupy.empty_like(x)
