@@ -24,7 +24,8 @@ import numpy as np
 __all__ = ["DATASETS", "DataError", "Dataset", "load", "batches"]
 
 DATASETS = ("digits", "spiral", "mnist1d", "mnist")
-_INSTALL_HINT = "pip install 'gpugrad[data]'"
+# The package's own name first: a checkout run with PYTHONPATH=. has no gpugrad to add extras to.
+_INSTALL_HINT = "pip install {}, or pip install 'gpugrad[data]' for every dataset"
 # LeCun's file names, in the order train images, train labels, test images, test labels.
 _IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -91,7 +92,8 @@ def _digits(seed):
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise ImportError(f"dataset 'digits' needs scikit-learn: {_INSTALL_HINT} ({e})") from e
+        raise ImportError(f"dataset 'digits' needs scikit-learn: "
+                          f"{_INSTALL_HINT.format('scikit-learn')} ({e})") from e
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)  # pixels are counts 0..16 (4x4 blocks of a 32x32 bitmap)
     y = y.astype(np.int64)
@@ -133,8 +135,8 @@ def _mnist1d(seed):
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
-        raise ImportError(f"dataset 'mnist1d' needs the mnist1d package: {_INSTALL_HINT} ({e})"
-                          ) from e
+        raise ImportError(f"dataset 'mnist1d' needs the mnist1d package: "
+                          f"{_INSTALL_HINT.format('mnist1d')} ({e})") from e
     # make_dataset reseeds NumPy's and Python's global generators (mnist1d.utils.set_seed);
     # restore both so loading data never changes the user's random streams.
     np_state, py_state = np.random.get_state(), random.getstate()

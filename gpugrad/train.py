@@ -115,7 +115,7 @@ def run(config, log=print):
         f"({cfg.engine})", file=sys.stderr)
 
     history, start = [], time.perf_counter()
-    bar = _progress(cfg.epochs, cfg.progress)
+    bar = _progress(cfg.epochs, cfg.progress, log)
     for epoch in range(1, cfg.epochs + 1):
         t0, total, count = time.perf_counter(), 0.0, 0
         for xb, yb in data.batches(ds.x_train, ds.y_train, cfg.batch_size, rng=rng):
@@ -201,10 +201,15 @@ def _scheduler(cfg, opt, steps_per_epoch):
     return None
 
 
-def _progress(epochs, enabled):
+def _progress(epochs, enabled, log):
+    """A tqdm bar over the epochs; None (and a one-line note) when tqdm is not installed."""
     if not enabled:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        log("no progress bar: tqdm is not installed (pip install tqdm)", file=sys.stderr)
+        return None
     return tqdm(total=epochs, desc="train", unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
 
@@ -227,7 +232,7 @@ def _write_outputs(out, model, metrics, log):
         log(f"wrote {out}/metrics.json, {out}/model.npz, {png}", file=sys.stderr)
     else:
         log(f"wrote {out}/metrics.json, {out}/model.npz (no plot: matplotlib is not installed; "
-            f"pip install 'gpugrad[plot]')", file=sys.stderr)
+            f"pip install matplotlib, or pip install 'gpugrad[plot]')", file=sys.stderr)
 
 
 def plot_curves(history, path, title=""):
