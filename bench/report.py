@@ -192,7 +192,7 @@ def _read_json(path):
 _STAGE_TEXT = {
     "preflight": "CUDA probe (NVRTC kernel, cuBLAS GEMM, cuRAND) and CUDA-graph probe",
     "gpu_tests": "GPU tests (tests/gpu)",
-    "train": "gpugrad train --device cuda on digits",
+    "train": "gpugrad train --device cuda (digits; spiral without scikit-learn)",
     "bench_kernels": "fused-kernel benchmarks",
     "bench_cuda": "training-step, eager-overhead and copy benchmarks on cuda",
     "bench_cpu": "training-step benchmarks on the CPU (for the speedups)",
@@ -218,7 +218,8 @@ def ran_on_gpu(report):
                      f"{': ' + pre['graphs_reason'] if pre.get('graphs_reason') else ''}")
     train_run = report.get("train_run")
     if train_run:
-        lines.append(f"- digits training: device {train_run.get('device')}, test accuracy "
+        lines.append(f"- {train_run.get('dataset')} training: device {train_run.get('device')}, "
+                     f"engine {train_run.get('engine')}, test accuracy "
                      f"{train_run.get('test_accuracy')}, {train_run.get('seconds')} s")
     rows = report.get("benchmarks", [])
     on_gpu = sum(r["device"] == "cuda" for r in rows)
@@ -243,7 +244,9 @@ def markdown(report):
         lines.append(f"| device check wall time | {report['seconds']} s |")
     lines.append("")
     for name, st in (env.get("kernels") or {}).items():
-        lines.append(f"- kernel `{name}`: compiles {st['compiles']}, loads {st['loads']}")
+        said = {True: "yes", False: "FAILED", None: "not checked"}
+        lines.append(f"- kernel `{name}`: compiles {said[st['compiles']]}, loads on the GPU "
+                     f"{said[st['loads']]}")
     t = report.get("tests")
     lines.append("\n## GPU tests\n")
     if t is None:
@@ -274,6 +277,8 @@ def markdown(report):
                 f"{_opt(r, 'frac_of_copy', '{:.0%}')} | {_opt(r, 'vs_torch', '{:.2f}x')} | "
                 f"{_opt(r, 'vs_cupy', '{:.2f}x')} |")
     lines.append("\n## Performance targets (issue 3)\n")
+    if not report.get("targets"):
+        lines.append("not measured (no kernel benchmarks ran)")
     for t in report.get("targets", []):
         mark = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"- **{mark}**: {t['target']} ({t['detail']})")
@@ -314,7 +319,8 @@ def main(argv=None):
               "train_run": _read_json(args.train_metrics)}
     if report["train_run"]:  # the summary, not the per-epoch history
         report["train_run"] = {k: report["train_run"].get(k) for k in
-                               ("device", "test_accuracy", "train_accuracy", "seconds")}
+                               ("dataset", "device", "engine", "test_accuracy",
+                                "train_accuracy", "seconds")}
     found = [p for p in args.bench_json if Path(p).is_file()]  # a timed-out run writes none
     if found:
         rows, machine, when = benchmark_rows(found)
