@@ -187,3 +187,20 @@ def test_backend_matmul_copies_or_falls_back(cpu_cupy_backend):
     col = np.empty(3, np.float32)
     assert bk.sum_rows(g, out=col) is col
     np.testing.assert_array_equal(col, g.sum(axis=0))
+
+
+def test_a_real_libcublas_binds_every_entry_point():
+    """Where a libcublas is installed (the nvidia-cublas wheel; not in CI's venv), gpugrad binds
+    every entry point it calls; without a driver cublasCreate reports NOT_INITIALIZED, which
+    becomes a CublasError naming the call."""
+    try:
+        lib = cublas.library()
+    except cublas.CublasError as e:
+        pytest.skip(f"no libcublas here: {e}")
+    handle = ctypes.c_void_p()
+    status = lib.cublasCreate_v2(ctypes.byref(handle))
+    if status == 0:
+        lib.cublasDestroy_v2(handle)
+        pytest.skip("a GPU is usable: tests/gpu/test_cublas_gpu.py covers the real calls")
+    with pytest.raises(cublas.CublasError, match="cublasCreate failed: CUBLAS_STATUS_"):
+        cublas._check(status, "cublasCreate")
