@@ -5,13 +5,14 @@
     x = gg.tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()               # x.grad == [2, 4]
 """
-from . import cuda, data, nn, optim, viz
+from . import anomaly, cuda, data, nn, optim, viz
 from .anomaly import AnomalyError, detect_anomaly
 from .backend import get_device, manual_seed, set_device
 from .errors import DeviceError, GradcheckError, ShapeError
 from .executor import Executor
 from .gradcheck import gradcheck
 from .interop import from_dlpack
+from .modes import is_grad_enabled
 from .ops import (abs, cos, cross_entropy, exp, log, log_softmax, matmul, max, mean, mse_loss,
                   relu, reshape, sigmoid, sin, softmax, sqrt, sum, tanh, transpose)
 from .serialization import load, save
@@ -22,7 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "rand", "zeros_like", "ones_like", "Function",
-    "set_device", "get_device", "manual_seed", "cuda", "no_grad", "enable_grad", "gradcheck",
+    "set_device", "get_device", "manual_seed", "cuda", "no_grad", "enable_grad",
+    "is_grad_enabled", "gradcheck",
     "detect_anomaly", "AnomalyError", "ShapeError", "DeviceError", "GradcheckError",
     "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "sigmoid", "relu", "softmax",
     "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape", "transpose",

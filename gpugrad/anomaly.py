@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from . import backend as _backend
-from .tensor import grad_mode
+from .modes import _ModeSwitch, grad_mode
 
 # Frames in files under this directory are gpugrad's own; the first frame outside it is the
 # user's. Comparing against the package's real location (not a "/gpugrad/" substring) keeps user
@@ -30,33 +30,15 @@ class AnomalyError(FloatingPointError):
     """An op produced NaN or Inf under gg.detect_anomaly()."""
 
 
-class detect_anomaly:
-    """Context manager (and decorator) that checks every op for NaN/Inf, forward and backward.
+class detect_anomaly(_ModeSwitch):
+    """Context manager (and decorator) that checks every op for NaN/Inf, forward and backward,
+    in this thread.
 
         with gg.detect_anomaly():
             loss = model(x).sum()
             loss.backward()      # AnomalyError names the op and the line that created it
     """
-
-    def __init__(self):
-        # a stack, not one slot: the same object may be entered again while active (recursion,
-        # a decorated function calling itself) and each exit must restore its own entry's state
-        self._saved = []
-
-    def __enter__(self):
-        self._saved.append(grad_mode.anomaly)
-        grad_mode.anomaly = True
-        return self
-
-    def __exit__(self, *exc):
-        grad_mode.anomaly = self._saved.pop()
-
-    def __call__(self, fn):
-        def wrapper(*args, **kwargs):
-            with detect_anomaly():
-                return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-        return wrapper
+    attr, value = "anomaly", True
 
 
 def is_enabled():

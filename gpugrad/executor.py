@@ -22,7 +22,7 @@ import numpy as np
 from .errors import DeviceError, ShapeError
 from .executor_graph import StepGraphs
 from .kernels import check_labels
-from .tensor import Tensor
+from .tensor import Tensor, _bump
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", None)
 LOSSES = ("cross_entropy", "mse")
@@ -110,12 +110,18 @@ class Executor:
     def step(self, x, y):
         """Forward, backward and optimizer update on one batch; returns the loss as a float."""
         n = self._check_x(x)
+        if n == 0:
+            raise ShapeError(f"Executor.step: the batch is empty (input of shape {tuple(x.shape)});"
+                             f" the mean loss over no samples is undefined")
         self._check_device()
         buf = self._buffers_for(n)
         try:
             self._load(buf, x, y)  # validates y before anything changes
             if self._graphs is not None:
                 loss = self._graphs.step(buf, n)
+                if self.optimizer is not None:  # the replayed update wrote them in place
+                    for p in self.optimizer.params:
+                        _bump(p)
             else:
                 loss = self._loss_and_gradient(buf, self._forward(buf), n)
                 self._backward(buf)

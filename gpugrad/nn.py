@@ -14,7 +14,7 @@ import numpy as np
 from . import backend as _backend
 from .errors import ShapeError
 from .ops import relu, sigmoid, tanh
-from .tensor import Tensor, randn, tensor, zeros
+from .tensor import Tensor, _bump, randn, tensor, zeros
 
 __all__ = ["Module", "Linear", "Sequential", "Sigmoid", "ReLU", "Tanh", "mlp"]
 
@@ -145,6 +145,7 @@ class Module:
                 writes.append((p, _checked_array(name, state_dict[name], p)))
         for p, arr in writes:  # nothing below can fail: shapes and dtypes are equal
             p.data[...] = arr
+            _bump(p)  # written in place: a graph that saved p must not backward
         return LoadResult(missing, unexpected)
 
     def to(self, device):
@@ -182,8 +183,11 @@ def _checked_array(name, value, p):
     else:
         src = _backend.backend_for_array(value)
         if src is None:
-            raise TypeError(f"load_state_dict: {name!r} is a {type(value).__name__}; expected a "
-                            f"Tensor or a NumPy/CuPy array")
+            kind = type(value)
+            what = kind.__qualname__ if kind.__module__ == "builtins" else \
+                f"{kind.__module__}.{kind.__qualname__}"  # torch.Tensor, not just "Tensor"
+            raise TypeError(f"load_state_dict: {name!r} is a {what}; expected a gpugrad Tensor "
+                            f"or a NumPy/CuPy array (a torch.Tensor: pass .numpy())")
         arr = value
     if tuple(arr.shape) != p.shape:
         raise ShapeError(f"load_state_dict: {name!r} has shape {tuple(arr.shape)}, expected "

@@ -10,7 +10,7 @@ import math
 import numbers
 
 from .errors import DeviceError, ShapeError
-from .tensor import Tensor, no_grad
+from .tensor import Tensor, _bump, no_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "l1_penalty", "l2_penalty", "StepLR", "CosineLR"]
 
@@ -79,6 +79,9 @@ class Optimizer:
         live = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
         for i, p in live:
             self._check_grad(i, p)
+            if not getattr(p.data.flags, "writeable", True):
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} ({p.dtype} "
+                                 f"{p.shape}) is read-only; no parameter was changed")
         state = self.state
         with no_grad():
             for i, p in live:
@@ -86,6 +89,7 @@ class Optimizer:
                 if st.get("bk") is not p._bk:  # first step, or the model moved device
                     st = self._state(i, p)
                 self._update(st, p.data, p.grad.data, self._scalars(st))
+                _bump(p)  # p.data changed in place: graphs that saved it must not backward
 
     def _step_arrays(self, grads):
         """One update of every parameter from `grads`, gradient arrays in parameter order,
@@ -96,6 +100,7 @@ class Optimizer:
             if st.get("bk") is not p._bk:
                 st = self._state(i, p)
             self._update(st, p.data, g, self._scalars(st))
+            _bump(p)
 
     def _check_grad(self, i, p):
         g = p.grad

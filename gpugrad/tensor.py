@@ -23,45 +23,8 @@ _FLOAT_KINDS = "f"
 _PY_SCALARS = (int, float, bool)  # exact types: np.float64 subclasses float but is not weak
 
 
-class _GradMode:
-    enabled = True     # record graphs (off under no_grad)
-    anomaly = False    # check every op's output and gradients for NaN/Inf (gg.detect_anomaly)
-
-
-grad_mode = _GradMode()
-
-
-class no_grad:
-    """Context manager (and decorator) under which ops record no graph.
-
-    The previous modes are kept on a stack, so one instance can be entered again while active."""
-    enabled = False  # the grad mode inside the block
-
-    def __init__(self):
-        self._saved = []
-
-    def __enter__(self):
-        self._saved.append(grad_mode.enabled)
-        grad_mode.enabled = self.enabled
-
-    def __exit__(self, *exc):
-        grad_mode.enabled = self._saved.pop()
-
-    def __call__(self, fn):
-        if not callable(fn):
-            raise TypeError(f"{type(self).__name__}: can decorate a function, not "
-                            f"{type(fn).__name__}")
-
-        @functools.wraps(fn)  # copies what the callable has (partials and modules lack names)
-        def wrapper(*args, **kwargs):
-            with type(self)():
-                return fn(*args, **kwargs)
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """Context manager that turns graph recording back on inside a no_grad block."""
-    enabled = True
+from .modes import current as _modes  # noqa: E402
+from .modes import enable_grad, grad_mode, no_grad  # noqa: E402,F401  (per-thread modes)
 
 
 class Function:
@@ -76,6 +39,12 @@ class Function:
     freed = False        # set once backward has run without retain_graph
     g = None             # the upstream gradient being accumulated during backward
     exact_dtype = False  # True: float64 output from other dtypes is intended (casts)
+    # What backward reads of the op's values, declared by each op: input positions, and OUT for
+    # its output. apply() records their versions and backward refuses to run if one was written
+    # in place since (a silently wrong gradient otherwise); raw NumPy/CuPy operands in these
+    # positions are copied, so the caller may reuse its buffer.
+    saved = ()
+    versions = ()        # [(version counter, version at forward, position, array)]
 
     def __init__(self, **params):
         self.__dict__.update(params)
@@ -115,9 +84,11 @@ class Function:
                 convert = convert or type(a) not in _PY_SCALARS
         if bk is None:
             raise TypeError(f"{fn.name}: needs at least one Tensor input")
+        mode = _modes()
+        recording = track and mode.enabled
         if convert:
-            arrays = [a if type(a) in _PY_SCALARS or bk.is_array(a) else
-                      _constant(a, bk, fn.name) for a in arrays]
+            arrays = [_operand(a, arg, bk, fn.name, recording and i in cls.saved)
+                      for i, (a, arg) in enumerate(zip(arrays, args))]
         fn.bk = bk
         out = fn.forward(*arrays)
         if isinstance(out, np.generic):  # NumPy returns scalars from 0-d arithmetic
@@ -127,16 +98,26 @@ class Function:
             out = out.astype(np.float32)  # ints and Python floats make float32, as tensor() does
             dtype = out.dtype
         t = _new(Tensor)  # Tensor._make, inlined: this runs once per op
-        t.data, t.grad, t._bk, t.name = out, None, bk, None
-        mode = grad_mode
+        t.data, t.grad, t._bk, t.name, t._version = out, None, bk, None, None
+        if out.base is not None:  # a view of an input (reshape, slicing): one version for both
+            _share_version(t, args)
         if mode.anomaly:
             from .anomaly import check_forward
             check_forward(fn, arrays, out)
-        if track and mode.enabled and dtype.kind == "f":
+        if recording and dtype.kind == "f":
             fn.next = edges
             fn.needs = [e is not None for e in edges]
             fn.seq = next(_sequence)
             fn.out_meta = (out.shape, dtype)  # for gg.viz: the output Tensor is not kept
+            if cls.saved:  # the versions of what backward will read (inlined: once per op)
+                versions = fn.versions = []
+                for i in cls.saved:
+                    x = t if i == OUT else args[i]
+                    if isinstance(x, Tensor):
+                        c = x._version
+                        if c is None:
+                            c = x._version = [0]
+                        versions.append((c, c[0], i, x.data))
             if mode.anomaly:
                 from .anomaly import record
                 record(fn, arrays)
@@ -154,6 +135,65 @@ class Function:
 _new = object.__new__
 _F64 = np.dtype(np.float64)
 _sequence = itertools.count()  # creation order: inputs are always made before their outputs
+
+
+OUT = -1  # in Function.saved: the op's output
+
+
+def _counter(t):
+    """t's version counter, [number of in-place writes], shared by every alias of its data."""
+    c = t._version
+    if c is None:
+        c = t._version = [0]
+    return c
+
+
+def _bump(t):
+    """Record an in-place write to t's data (saved copies of it are now stale)."""
+    c = t._version
+    if c is not None:
+        c[0] += 1
+
+
+def _operand(a, arg, bk, op, saved):
+    """A non-Tensor operand as an array on the op's device. A raw array that backward will read
+    is copied: the caller may write to its buffer (the next micro-batch) before backward."""
+    if arg is not a or type(a) in _PY_SCALARS:  # a Tensor's own array, or a Python number
+        return a
+    if bk.is_array(a):
+        return a.copy() if saved else a
+    return _constant(a, bk, op)
+
+
+def _share_version(view, args):
+    """Give `view` the counter of the input whose memory it is, so a write through either is
+    seen by ops that saved the other."""
+    root = _root(view.data)
+    for a in args:
+        if isinstance(a, Tensor) and _root(a.data) is root:
+            view._version = _counter(a)
+            return
+
+
+def _root(array):
+    while array.base is not None:
+        array = array.base
+    return array
+
+
+def _stale_error(fn):
+    """The error for a value fn saved for backward that was written in place after the forward
+    (PyTorch's message, and what to do)."""
+    for counter, version, i, array in fn.versions:
+        if counter[0] != version:
+            what = "its output" if i == OUT else f"its input {i}"
+            return RuntimeError(
+                f"backward: one of the variables needed for gradient computation has been "
+                f"modified by an inplace operation: {what}, a {array.dtype} tensor of shape "
+                f"{array.shape} saved by '{fn.name}', is at version {counter[0]}; expected "
+                f"version {version} (written after the forward: by t[...] = v, an optimizer "
+                f"step or load_state_dict). Compute it again after the write, or write to a "
+                f"copy instead.")
 
 
 def _edge(a):
@@ -184,19 +224,20 @@ def _constant(value, bk, op):
 class Tensor:
     """An n-dimensional array on a device, optionally recording the graph that produced it."""
 
-    __slots__ = ("data", "grad", "_rg", "_ctx", "_bk", "name", "__weakref__")
+    __slots__ = ("data", "grad", "_rg", "_ctx", "_bk", "name", "_version", "__weakref__")
     __array_ufunc__ = None  # make `ndarray + Tensor` defer to Tensor.__radd__
     __hash__ = object.__hash__  # identity hash: == is elementwise
 
     def __init__(self, data, dtype=None, device=None, requires_grad=False):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self.grad, self._rg, self._ctx, self._bk = t.data, None, t._rg, None, t._bk
-        self.name = None
+        self.name, self._version = None, None
 
     @classmethod
     def _make(cls, data, bk, requires_grad=False):
         t = object.__new__(cls)
         t.data, t.grad, t._rg, t._ctx, t._bk, t.name = data, None, requires_grad, None, bk, None
+        t._version = None
         return t
 
     # -- properties -------------------------------------------------------------------------
@@ -227,6 +268,11 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.data.shape[0]
 
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
     def __repr__(self):
         body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
         extra = f", dtype={self.dtype}, device='{self.device}'"
@@ -241,9 +287,19 @@ class Tensor:
         return bool(self.data)
 
     def __array__(self, dtype=None, copy=None):
+        """NumPy 2's protocol: np.array(t) (copy=True) returns a copy, np.asarray(t) (copy=None)
+        shares the CPU tensor's memory, copy=False refuses where sharing is impossible."""
         if self._bk.name != "cpu":
+            if copy is False:
+                raise ValueError(f"np.asarray(copy=False): tensor is on '{self.device}'; its "
+                                 f"memory cannot be shared with NumPy")
             raise TypeError(f"np.asarray(): tensor is on '{self.device}'; call .numpy() to copy "
                             f"it to the host")
+        if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
+            raise ValueError(f"np.asarray(copy=False): a {self.data.dtype} tensor cannot be "
+                             f"shared as {np.dtype(dtype)} without a copy")
+        if copy:
+            return self.data.astype(dtype if dtype is not None else self.data.dtype, copy=True)
         return self.data if dtype is None else self.data.astype(dtype, copy=False)
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
@@ -259,7 +315,9 @@ class Tensor:
 
     # -- host access, devices, graph control ------------------------------------------------
     def numpy(self):
-        """The values as a host numpy.ndarray (a copy from the GPU; the array itself on CPU)."""
+        """The values as a host numpy.ndarray: on the CPU the tensor's own array (shared, as
+        torch's .numpy(): writes to it are not seen by gpugrad's in-place checks), a copy from
+        the GPU."""
         return self._bk.to_numpy(self.data)
 
     def item(self):
@@ -294,8 +352,11 @@ class Tensor:
         return self.to("cuda")
 
     def detach(self):
-        """The same data with no graph and no grad."""
-        return Tensor._make(self.data, self._bk)
+        """The same data (shared, with the same version counter: an in-place write through the
+        detached tensor is seen by ops that saved this one) with no graph and no grad."""
+        t = Tensor._make(self.data, self._bk)
+        t._version = _counter(self)
+        return t
 
     def requires_grad_(self, flag=True):
         self.requires_grad = flag
@@ -382,6 +443,7 @@ class Tensor:
         if isinstance(value, Tensor):
             value = value.data
         self.data[_index_array(index)] = value
+        _bump(self)
 
 
 def _compare(a, b, ufunc):
@@ -414,18 +476,28 @@ class ToDevice(Function):
 # -- backward ----------------------------------------------------------------------------------
 
 def run_backward(root, seed, retain_graph=False):
-    """Reverse-mode sweep from `root` with upstream gradient `seed` (a backend array)."""
-    handed_out = {id(seed)}  # arrays already given to a leaf's .grad (copy before sharing)
+    """Reverse-mode sweep from `root` with upstream gradient `seed` (a backend array).
+
+    All or nothing: leaf gradients are collected first and written only once every op's backward
+    has succeeded, and the graph is freed (without retain_graph) only then. An exception part way
+    (a failing op, a stale saved value, KeyboardInterrupt, MemoryError) leaves every .grad and the
+    graph as they were, so the same backward() can simply be called again."""
     if root._ctx is None:
-        _accumulate(root, seed, handed_out)
+        _commit({id(root): [root, seed]}, seed)
         return
     order = _topological_order(root._ctx)
-    root._ctx.g = seed
+    leaves = {}  # id(leaf) -> [leaf, summed gradient]
     anomaly = grad_mode.anomaly
-    for fn in order:
-        upstream = fn.g
-        if upstream is not None:
+    root._ctx.g = seed
+    try:
+        for fn in order:
+            upstream = fn.g
+            if upstream is None:
+                continue
             fn.g = None
+            for counter, version, _, _ in fn.versions:  # what backward reads is unchanged
+                if counter[0] != version:
+                    raise _stale_error(fn)
             grads = fn.backward(upstream)
             if anomaly:
                 from .anomaly import check_backward
@@ -434,13 +506,45 @@ def run_backward(root, seed, retain_graph=False):
                 if edge is None or g is None:
                     continue
                 if isinstance(edge, Tensor):
-                    _accumulate(edge, g, handed_out)
+                    entry = leaves.get(id(edge))
+                    if entry is None:
+                        leaves[id(edge)] = [edge, g]
+                    else:
+                        entry[1] = entry[1] + g  # out of place: g may be shared
                 elif edge.g is None:
                     edge.g = g
                 else:
                     edge.g = edge.g + g  # fan-out: sum (out of place: g may be shared)
-        if not retain_graph:
+    except BaseException:
+        for fn in order:  # drop the partial sums: the graph is as before the call
+            fn.g = None
+        raise
+    _commit(leaves, seed)
+    if not retain_graph:
+        for fn in order:
             fn.release()
+
+
+def _commit(leaves, seed):
+    """leaf.grad += g for every leaf, computed for all of them before any is assigned (so a
+    failure, e.g. out of memory, assigns none). A new .grad never aliases another leaf's
+    gradient, the seed, or a view of anything."""
+    handed_out, new = {id(seed)}, []
+    for leaf, g in leaves.values():
+        if g.dtype != leaf.data.dtype:
+            g = g.astype(leaf.data.dtype)
+        if leaf.grad is None:
+            if g.base is not None or id(g) in handed_out:  # a view or an array already shared
+                g = g.copy()
+            handed_out.add(id(g))
+            new.append((leaf, Tensor._make(g, leaf._bk), None))
+        else:
+            new.append((leaf, None, leaf.grad.data + g))
+    for leaf, fresh, summed in new:  # nothing below can fail
+        if fresh is not None:
+            leaf.grad = fresh
+        else:
+            leaf.grad.data = summed
 
 
 def _topological_order(root):
@@ -470,19 +574,6 @@ def _freed_error():
     return RuntimeError("backward: trying to backward through the graph a second time (its saved "
                         "values were freed by the first backward); pass retain_graph=True to the "
                         "first call if you need to backward twice")
-
-
-def _accumulate(leaf, g, handed_out):
-    """leaf.grad += g, keeping the leaf's dtype and never aliasing another leaf's gradient."""
-    if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
-    if leaf.grad is None:
-        if g.base is not None or id(g) in handed_out:  # a view or an array already shared
-            g = g.copy()
-        handed_out.add(id(g))
-        leaf.grad = Tensor._make(g, leaf._bk)
-    else:
-        leaf.grad.data = leaf.grad.data + g
 
 
 # Creation functions and the ops build on Function and Tensor above; Tensor's methods call them.

@@ -49,7 +49,7 @@ def test_impossible_reshape_and_axes():
         x.sum(axis=2)
     with pytest.raises(gg.ShapeError, match="transpose"):
         x.transpose(0, 0)
-    with pytest.raises(gg.ShapeError, match="max: cannot reduce an empty"):
+    with pytest.raises(gg.ShapeError, match="max: cannot reduce over axis 0 of length 0"):
         gg.zeros(0).max()
     with pytest.raises(IndexError, match=r"getitem: .*shape \(2, 3\)"):
         x[5]

@@ -326,3 +326,92 @@ def test_random_compositions(shapes, n_inputs, n_steps, data):
         pool.append(run_step(GG, pool, step))
     check(lambda *xs: run_program(GG, program, xs), inputs,
           lambda *xs: run_program(Torch, program, xs))
+
+
+# -- in place writes: the saved-value declarations are complete (issue 10) -----------------------
+
+def _grad_after(fn, arrays, write=None):
+    """x's gradient of sum(fn(x, c) * r), with `write` (which, new values) applied in place
+    between the forward and the backward: None where backward refused (a stale saved value)."""
+    x = gg.tensor(arrays[0], requires_grad=True)
+    c = gg.tensor(arrays[1])
+    y = fn(x, c)
+    r = np.random.default_rng(1).standard_normal(y.shape)
+    loss = (y * gg.tensor(r)).sum()  # mul saves y itself: write to y only through this check
+    target = {"x": x, "c": c, "y": y}.get(write[0]) if write else None
+    if target is not None:
+        with gg.no_grad():
+            target[...] = write[1]
+    try:
+        loss.backward() if target is not y else (y * gg.tensor(r)).sum().backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+        return None
+    return x.grad.numpy()
+
+
+@given(op=st.sampled_from(sorted(BINARY)), which=st.sampled_from(["x", "c", "y"]),
+       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=2,
+                                                min_side=1, max_side=3), data=st.data())
+def test_a_write_after_forward_is_refused_or_harmless(op, which, shapes, data):
+    """Write new values into x, the constant c or the output y after the forward: backward
+    either refuses (the op saved that value) or gives exactly the gradient computed with the
+    values of the forward. An op that reads a value it did not declare would fail this."""
+    fn, dom_a, dom_b = BINARY[op]
+    a = data.draw(values(shapes.input_shapes[0], dom_a), label="x")
+    b = data.draw(values(shapes.input_shapes[1], dom_b), label="c")
+    with np.errstate(all="ignore"):
+        shape = {"x": a.shape, "c": b.shape, "y": np.broadcast_shapes(a.shape, b.shape)}[which]
+    new = data.draw(values(shape, {"x": dom_a, "c": dom_b, "y": "positive"}[which]), label="new")
+    clean = _grad_after(fn, [a, b])
+    written = _grad_after(fn, [a, b], (which, new))
+    if written is not None:
+        np.testing.assert_array_equal(written, clean)
+
+
+# -- modes per thread under random interleavings (issue 10) -------------------------------------
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["no_grad", "enable_grad",
+                                                               "exit"])), max_size=30))
+def test_modes_under_any_interleaving_of_three_threads(actions):
+    """Three threads enter and leave no_grad / enable_grad blocks in a random interleaving,
+    one action at a time; each thread's mode is always what its own blocks say."""
+    import queue
+    import threading
+
+    inbox = [queue.Queue() for _ in range(3)]
+    report = queue.Queue()
+
+    def worker(me):
+        stack, blocks = [], []
+        while True:
+            action = inbox[me].get()
+            if action is None:
+                break
+            if action == "exit":
+                if blocks:
+                    blocks.pop().__exit__(None, None, None)
+                    stack.pop()
+            else:
+                ctx = getattr(gg, action)()
+                ctx.__enter__()
+                blocks.append(ctx)
+                stack.append(action == "enable_grad")
+            report.put((gg.is_grad_enabled(), stack[-1] if stack else True))
+        while blocks:
+            blocks.pop().__exit__(None, None, None)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for me, action in actions:
+            inbox[me].put(action)
+            got, expected = report.get(timeout=10)
+            assert got == expected, (me, action)
+            assert gg.is_grad_enabled()  # the test's own thread is never affected
+    finally:
+        for q in inbox:
+            q.put(None)
+        for t in threads:
+            t.join(10)

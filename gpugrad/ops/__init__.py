@@ -98,7 +98,11 @@ def _device_index(index, x):
                 raise DeviceError(f"getitem: index tensor is on '{p.device}', tensor on "
                                  f"'{x.device}'")
             return p.data
-        if isinstance(p, list) or (isinstance(p, np.ndarray) and x._bk.name != "cpu"):
+        if isinstance(p, list):
+            arr = np.asarray(p)
+            # NumPy reads [] as an empty integer index (a[[]] is empty), not a float array
+            p = arr.astype(np.intp) if arr.size == 0 else arr
+        if isinstance(p, np.ndarray) and x._bk.name != "cpu":
             return x._bk.asarray(p)
         return p
     return tuple(one(p) for p in index) if isinstance(index, tuple) else one(index)

@@ -6,7 +6,7 @@ input's shape, the one place that knows how broadcasting is undone.
 import numpy as np
 
 from ..errors import ShapeError
-from ..tensor import Function
+from ..tensor import OUT, Function
 
 
 def shape_of(x):
@@ -64,6 +64,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    saved = (0, 1)
+
     def forward(self, a, b):
         self.a, self.b = a, b
         try:
@@ -79,6 +81,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    saved = (0, 1, OUT)
+
     def forward(self, a, b):
         self.a, self.b = a, b
         try:
@@ -97,21 +101,42 @@ class Div(Function):
 
 
 class Pow(Function):
+    saved = (0, 1, OUT)
+
     def forward(self, a, p):
         self.a, self.p = a, p
         try:
             self.out = a ** p
-        except ValueError:
-            raise broadcast_error(self, a, p) from None
+        except ValueError as e:
+            try:
+                np.broadcast_shapes(shape_of(a), shape_of(p))
+            except ValueError:
+                raise broadcast_error(self, a, p) from None
+            raise ValueError(f"pow: {e}") from None  # NumPy's: integers to negative powers
         return self.out
 
     def backward(self, upstream):
-        # d(a^p)/da = p a^(p-1), d(a^p)/dp = a^p ln(a)
+        # d(a^p)/da = p a^(p-1), d(a^p)/dp = a^p ln(a). At the edges PyTorch's values: where
+        # p == 0 the first is 0 (not 0 * 0^-1 = NaN at a = 0); where a == 0 and p >= 0 the
+        # second is 0 (not 0 * ln 0 = NaN).
         a, p, xp = self.a, self.p, self.bk.xp
-        ga = upstream * (p * a ** (p - 1)) if self.needs[0] else None
-        gp = upstream * (self.out * xp.log(a)) if self.needs[1] else None
-        return (ga if ga is None else sum_to(ga, shape_of(a)),
-                gp if gp is None else sum_to(gp, shape_of(p)))
+        ga = gp = None
+        if self.needs[0]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                local = p * a ** (p - 1)
+            local = xp.where(xp.asarray(p) == 0, 0, local) if _any(p == 0) else local
+            ga = sum_to(upstream * local, shape_of(a))
+        if self.needs[1]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                local = self.out * xp.log(a)
+            edge = (xp.asarray(a) == 0) & (xp.asarray(p) >= 0)
+            local = xp.where(edge, 0, local) if _any(edge) else local
+            gp = sum_to(upstream * local, shape_of(p))
+        return ga, gp
+
+
+def _any(mask):
+    return bool(mask) if isinstance(mask, (bool, np.bool_)) else bool(mask.any())
 
 
 class Neg(Function):
@@ -125,6 +150,7 @@ class Neg(Function):
 class MatMul(Function):
     """a @ b with NumPy's rules: 1-D operands are promoted to a row / column, leading axes
     broadcast as a batch."""
+    saved = (0, 1)
 
     def forward(self, a, b):
         sa, sb = shape_of(a), shape_of(b)

@@ -3,10 +3,12 @@
 Where the local gradient is a function of the output (exp, tanh, sqrt, sigmoid), the output is what
 is stored: the lecture's "store the intermediate outputs", and no overflow from recomputing exp.
 """
-from ..tensor import Function
+from ..tensor import OUT, Function
 
 
 class Exp(Function):
+    saved = (OUT,)
+
     def forward(self, a):
         self.out = self.bk.xp.exp(a)
         return self.out
@@ -16,6 +18,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    saved = (0,)
+
     def forward(self, a):
         self.a = a
         return self.bk.xp.log(a)
@@ -25,6 +29,8 @@ class Log(Function):
 
 
 class Sin(Function):
+    saved = (0,)
+
     def forward(self, a):
         self.a = a
         return self.bk.xp.sin(a)
@@ -34,6 +40,8 @@ class Sin(Function):
 
 
 class Cos(Function):
+    saved = (0,)
+
     def forward(self, a):
         self.a = a
         return self.bk.xp.cos(a)
@@ -43,6 +51,8 @@ class Cos(Function):
 
 
 class Tanh(Function):
+    saved = (OUT,)
+
     def forward(self, a):
         self.out = self.bk.xp.tanh(a)
         return self.out
@@ -52,6 +62,8 @@ class Tanh(Function):
 
 
 class Sqrt(Function):
+    saved = (OUT,)
+
     def forward(self, a):
         self.out = self.bk.xp.sqrt(a)
         return self.out
@@ -61,6 +73,8 @@ class Sqrt(Function):
 
 
 class Abs(Function):
+    saved = (0,)
+
     def forward(self, a):
         self.a = a
         return self.bk.xp.abs(a)
@@ -72,6 +86,7 @@ class Abs(Function):
 class Sigmoid(Function):
     """sigma(a) = 1/(1+e^-a); local gradient sigma(1-sigma) from the stored output.
     On CUDA both directions are the fused kernels in kernels/sigmoid.cu."""
+    saved = (OUT,)
 
     def forward(self, a):
         self.out = self.bk.sigmoid_forward(a)

@@ -4,17 +4,19 @@ Cross-entropy is one fused op: its forward yields per-row losses `logsumexp(x) -
 backward the local gradient `softmax(x) - onehot`, scaled by the upstream gradient. Both go through
 the backend's fused primitive (a CUDA kernel on the GPU, its NumPy twin on the CPU).
 """
-from ..tensor import Function
+from ..tensor import OUT, Function
 from .reduce_shape import normalize_axis
 
 
 def softmax_axis(axis, a, op):
-    """The one axis softmax normalises over (None for a 0-d tensor)."""
-    axes = normalize_axis(axis, a.ndim, op)
-    return axes[0] if axes else None
+    """The axes softmax normalises over, as a tuple: one axis, several (a tuple), or all of them
+    (None), as scipy.special.softmax does; () for a 0-d tensor (its softmax is 1)."""
+    return normalize_axis(axis, a.ndim, op)
 
 
 class Softmax(Function):
+    saved = (OUT,)
+
     def forward(self, a):
         self.ax = softmax_axis(self.axis, a, "softmax")
         if a.size == 0:  # nothing to normalise (a max over an empty axis is undefined)
@@ -31,6 +33,8 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    saved = (OUT,)
+
     def forward(self, a):
         self.ax = softmax_axis(self.axis, a, "log_softmax")
         xp = self.bk.xp
@@ -48,6 +52,7 @@ class LogSoftmax(Function):
 
 class CrossEntropy(Function):
     """-log softmax(logits)[label] per row, reduced by mean / sum / none (labels: a parameter)."""
+    saved = (0,)
 
     def forward(self, logits):
         self.logits = logits

@@ -68,8 +68,10 @@ class Max(Function):
 
     def forward(self, a):
         self.axes = normalize_axis(self.axis, a.ndim, "max")
-        if a.size == 0:
-            raise ShapeError(f"max: cannot reduce an empty tensor of shape {a.shape}")
+        empty = [ax for ax in self.axes if a.shape[ax] == 0]
+        if empty or (a.size == 0 and not self.axes):
+            raise ShapeError(f"max: cannot reduce over axis {empty[0] if empty else None} of "
+                             f"length 0 (shape {a.shape}): the maximum of nothing is undefined")
         top = a.max(axis=self.axes, keepdims=True)
         self.winners = a == top
         self.in_shape = a.shape
