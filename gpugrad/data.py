@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import random
 import struct
 import zipfile
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load", "batches"]
+from . import npz
+
+__all__ = ["DATASETS", "DataError", "Dataset", "MAX_DATA_BYTES", "load", "batches"]
 
 DATASETS = ("digits", "spiral", "mnist1d", "mnist")
 # The package's own name first: a checkout run with PYTHONPATH=. has no gpugrad to add extras to.
@@ -30,6 +33,10 @@ _INSTALL_HINT = "pip install {}, or pip install 'gpugrad[data]' for every datase
 _IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The most bytes of data one file may declare: 1 GiB, 22 times MNIST's training images. Files are
+# checked against it before they are read (as PIL's MAX_IMAGE_PIXELS guards against
+# decompression bombs); raise it to load larger ones.
+MAX_DATA_BYTES = 1 << 30
 _EXPECTED = (f"a directory with {', '.join(_IDX_NAMES)} (each optionally .gz), or an .npz file "
              f"(or a directory holding mnist.npz) with arrays {', '.join(_NPZ_KEYS)}")
 
@@ -180,14 +187,25 @@ def _find_idx(d, name):
 
 
 def _read_idx(path, ndim):
-    """Parse an IDX file of uint8: magic 0x0000_08_<ndim>, ndim big-endian uint32 sizes, data."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
+    """Parse an IDX file of uint8: magic 0x0000_08_<ndim>, ndim big-endian uint32 sizes, data.
+
+    The sizes are checked against what the file can hold before the data is read, and a .gz is
+    inflated in bounded chunks, stopping one byte past what its header declares."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if path.suffix != ".gz":
+            return _parse_idx(path, f, ndim, file_size=size)
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=f) as unzipped:
+                return _parse_idx(path, unzipped, ndim, gzip_size=size)
         except (OSError, EOFError, zlib.error) as e:  # bad header/CRC, cut short, corrupt stream
             raise DataError(f"{path}: not a readable gzip file ({e})") from e
+
+
+def _parse_idx(path, f, ndim, file_size=None, gzip_size=None):
+    """file_size: a plain file's size; gzip_size: a .gz file's size (what it holds is unknown)."""
     kind, magic, header = ("images" if ndim == 3 else "labels"), 0x800 | ndim, 4 + 4 * ndim
+    raw = f.read(header)
     # Magic first: it tells a swapped or foreign file apart from a merely damaged one.
     if len(raw) < 4 or raw[:4] != magic.to_bytes(4, "big"):
         got = (f"magic number 0x{int.from_bytes(raw[:4], 'big'):08x}" if len(raw) >= 4
@@ -198,29 +216,43 @@ def _read_idx(path, ndim):
                         "header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     size = header + math.prod(dims)
-    if len(raw) != size:
-        raise DataError(f"{path}: header says {' x '.join(map(str, dims))} {kind} ({size} bytes)"
-                        f" but the file has {len(raw)} bytes"
-                        + (" (truncated)" if len(raw) < size else ""))
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    says = f"{path}: header says {' x '.join(map(str, dims))} {kind} ({size} bytes)"
+    if file_size is not None and file_size != size:
+        raise DataError(f"{says} but the file has {file_size} bytes"
+                        + (" (truncated)" if file_size < size else ""))
+    if gzip_size is not None and size > npz.deflate_capacity(gzip_size):
+        raise DataError(f"{says} but a gzip file of {gzip_size} bytes cannot hold more than "
+                        f"{npz.deflate_capacity(gzip_size)}")
+    if size - header > MAX_DATA_BYTES:
+        raise DataError(f"{says}, more than gpugrad.data.MAX_DATA_BYTES ({MAX_DATA_BYTES}) "
+                        "allows; raise it to load larger files")
+    pixels = np.empty(dims, dtype=np.uint8)
+    got = header + npz.read_into(f, pixels.reshape(-1))
+    if got < size:
+        raise DataError(f"{says} but the file decompresses to only {got} bytes (truncated)")
+    if f.read(1):
+        raise DataError(f"{says} but the file decompresses to more than that")
+    return pixels
 
 
 def _read_npz(path):
+    """The four arrays of an .npz, every entry's sizes checked before it is read (npz.py)."""
     if path.suffix != ".npz":
         raise DataError(f"{path}: not an .npz file; for IDX files pass the directory holding them")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a valid .npz (zip) archive")
     try:
-        # Never unpickle: loading a data file must not be able to run code.
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in _NPZ_KEYS if k not in z.files]
+        with npz.open_archive(path) as z:  # never unpickles: loading data must not run code
+            found = npz.entries(z)
+            missing = [k for k in _NPZ_KEYS if k not in found]
             if missing:
                 raise DataError(f"{path}: missing {', '.join(missing)}; "
                                 f"expected arrays {', '.join(_NPZ_KEYS)}")
-            a = {k: z[k] for k in _NPZ_KEYS}
+            a = {k: npz.read_array(z, found[k], MAX_DATA_BYTES, "gpugrad.data.MAX_DATA_BYTES")
+                 for k in _NPZ_KEYS}
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except npz.READ_ERRORS as e:
         raise DataError(f"{path}: cannot read its arrays ({e})") from e
     return (*_mnist_split(a["x_train"], a["y_train"], f"{path}[x_train]", f"{path}[y_train]"),
             *_mnist_split(a["x_test"], a["y_test"], f"{path}[x_test]", f"{path}[y_test]"))
