@@ -1,14 +1,22 @@
 """gg.save / gg.load: checkpoints as .npz files of host NumPy arrays, written atomically.
 
 The file is an ordinary NumPy .npz (np.load reads it), one array per parameter name, each with its
-own dtype. It is written to a temporary file beside `path`, flushed and fsynced, and only then
-renamed over `path` (os.replace is atomic on POSIX and Windows), so a crash or a full disk midway
-leaves the previous checkpoint intact and no half-written file behind.
+own dtype. It is written to a temporary file beside the file `path` names (through a symlink: the
+file the link points to), locked, flushed and fsynced, and only then renamed over it (os.replace is
+atomic), so a crash, a kill or a full disk midway leaves the previous checkpoint intact. A save
+killed before it could remove its temporary file leaves it behind; the next save into that folder
+removes it (POSIX: a temporary file is stale once no save holds its lock).
+
+Keys that the archive would store under another name, or that np.load would read back as another
+key's array, are refused. gg.load reads through npz.py, which checks every size an archive
+declares before allocating, and refuses an archive whose directory has lost entries.
 """
 import contextlib
 import errno
 import os
+import re
 import secrets
+import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -16,26 +24,41 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import backend as _backend
+from . import npz
 from .nn import Module
 from .tensor import Tensor
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no cleanup of other saves' files either
+    fcntl = None
+
 __all__ = ["save", "load"]
+
+# .<file name>.gpugrad-<12 hex digits>.tmp: what _write_atomically names its temporary files
+_TEMP_NAME = re.compile(r"\..+\.gpugrad-[0-9a-f]{12}\.tmp")
+# a save creates its temporary file an instant before locking it: an empty one younger than
+# this may be that save's
+_EMPTY_GRACE_S = 60
 
 
 def save(obj, path):
     """Write a Module's parameters (or a state dict of Tensors / NumPy / CuPy arrays) to `path`.
 
-    The file lands exactly at `path` (no ".npz" appended). Non-array values and keys that are
-    not strings raise TypeError before anything is written."""
+    The file lands exactly at `path` (no ".npz" appended), or at the file a symlink there points
+    to. Non-array values and keys that are not strings raise TypeError, keys the archive would
+    merge or rewrite ValueError, before anything is written."""
     state = obj.state_dict() if isinstance(obj, Module) else obj
     if not isinstance(state, Mapping):
         raise TypeError(f"gg.save: expected a gg.nn.Module or a state dict (name -> Tensor or "
                         f"array), got {type(obj).__name__}")
     arrays = OrderedDict((_key(k), _host_array(k, v)) for k, v in state.items())
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    _check_entry_names(arrays)
+    path = _resolve(os.fspath(path))
+    directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "gg.save: directory does not exist", directory)
+    _remove_stale_temps(directory)
     _write_atomically(path, directory, arrays)
 
 
@@ -43,24 +66,22 @@ def load(path):
     """Read a checkpoint written by gg.save: an ordered dict name -> numpy.ndarray.
 
     A missing file raises FileNotFoundError, a file that is not a valid .npz ValueError, both
-    naming the path. Pickled (object) arrays are refused: loading never runs code."""
+    naming the path. Pickled (object) arrays are refused: loading never runs code. Each entry
+    is read under its own name (np.load would read entry "a.npy" for both "a" and "a.npy")."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "gg.load: no checkpoint file", path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (PermissionError, IsADirectoryError):
-        raise
-    except Exception as e:  # BadZipFile, ValueError (pickle / bad header), EOFError, ...
-        raise ValueError(f"gg.load: {path!r} is not a valid .npz checkpoint ({e})") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
-        raise ValueError(f"gg.load: {path!r} holds a single array, not a .npz checkpoint of "
-                         f"named arrays")
-    try:
-        with archive:
-            return OrderedDict((name, archive[name]) for name in archive.files)
-    except Exception as e:  # a member with a bad CRC or a truncated array
-        raise ValueError(f"gg.load: {path!r} is corrupt ({e})") from e
+    with open(path, "rb") as f:  # PermissionError and IsADirectoryError pass as they are
+        if f.read(6) == b"\x93NUMPY":
+            raise ValueError(f"gg.load: {path!r} holds a single array, not a .npz checkpoint of "
+                             f"named arrays")
+        f.seek(0)
+        try:
+            with npz.open_archive(f) as archive:
+                return OrderedDict((name, npz.read_array(archive, info))
+                                   for name, info in npz.entries(archive).items())
+        except npz.READ_ERRORS as e:
+            raise ValueError(f"gg.load: {path!r} is not a valid .npz checkpoint ({e})") from e
 
 
 def _key(name):
@@ -84,17 +105,72 @@ def _host_array(name, value):
     return arr
 
 
+def _check_entry_names(names):
+    """Each key is stored as entry key + ".npy"; refuse keys that would not come back as given."""
+    for name in names:
+        entry = name + ".npy"
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"gg.save: key {name!r} cannot be written as UTF-8, as zip entry "
+                             "names are") from None
+        stored = zipfile.ZipInfo(entry).filename  # zipfile cuts at NUL, turns os.sep into /
+        if stored != entry:
+            raise ValueError(f"gg.save: key {name!r} would be stored in the archive as "
+                             f"{stored!r}")
+        if name.endswith(".npy") and name[:-4] in names:  # np.load looks up entry `name` first
+            raise ValueError(f"gg.save: keys {name[:-4]!r} and {name!r} would collide: np.load "
+                             f"reads entry {name!r}, the array of {name[:-4]!r}, for both")
+
+
+def _resolve(path):
+    """The file that saving to `path` writes: symlinks (at any depth) followed to the end."""
+    real = os.path.realpath(path)
+    if os.path.islink(real):  # realpath gives up on a loop and returns the link itself
+        raise OSError(errno.ELOOP, "gg.save: too many levels of symbolic links", path)
+    return real
+
+
+def _remove_stale_temps(directory):
+    """Remove the temporary files that killed saves left in `directory`: only regular files named
+    as _write_atomically names them, whose lock no save holds; an empty one only once it is
+    older than _EMPTY_GRACE_S. Best effort: a file that cannot be checked stays."""
+    if fcntl is None:
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    _remove_if_stale(entry.path)
+
+
+def _remove_if_stale(tmp):
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while a save holds it
+        st = os.fstat(fd)
+        if st.st_size > 0 or time.time() - st.st_mtime > _EMPTY_GRACE_S:
+            os.unlink(tmp)
+    finally:
+        os.close(fd)
+
+
 def _write_atomically(path, directory, arrays):
     # the temp file is in the target's directory so os.replace is a rename on one filesystem;
     # os.open with mode 0o666 lets the umask set the final permissions, as a plain open would
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.gpugrad-{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            if fcntl is not None:  # held until the rename: other saves' cleanup leaves it alone
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
+            if fcntl is not None:
+                os.replace(tmp, path)  # still locked: POSIX renames an open file
+        if fcntl is None:
+            os.replace(tmp, path)  # Windows renames only a closed one
     except BaseException:  # KeyboardInterrupt too: never leave the temp file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
