@@ -1,7 +1,8 @@
 """`gpugrad train | bench | info` (also `python -m gpugrad`).
 
-Expected failures (bad arguments, missing data files, an unusable device) print one line,
-`gpugrad: error: ...`, and exit with status 2: no traceback for a user's mistake.
+Expected failures (bad arguments, missing or malformed data files, an unusable device) print one
+line, `gpugrad: error: ...`, and exit with status 2: no traceback for a user's mistake. A run that
+fails on its way (training diverged, out of memory) prints one line too and exits with status 1.
 """
 import argparse
 import platform
@@ -19,11 +20,22 @@ def main(argv=None):
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, DeviceError, OSError) as e:
-        print(f"gpugrad: error: {e}", file=sys.stderr)
+        print(f"gpugrad: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # gpugrad.train.DivergenceError: NaN or inf loss/weights
+        print(f"gpugrad: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except MemoryError as e:  # NumPy's "Unable to allocate ...", CuPy's OutOfMemoryError
+        print(f"gpugrad: error: out of memory{': ' if str(e) else ''}{_one_line(e)}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gpugrad: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
 
 
 def _parser():

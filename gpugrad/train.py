@@ -4,10 +4,12 @@ It follows the lecture's pipeline: an MLP (Linear layers + activations) scores e
 softmax cross-entropy loss measures it, backpropagation gives the gradients, and (momentum) gradient
 descent updates the weights with a learning rate that decays over training. Each epoch is
 recorded (loss, train/test accuracy, learning rate, time), and the run writes metrics.json, a curve
-plot and the trained model.
+plot and the trained model. A run whose loss or parameters stop being finite raises
+DivergenceError and writes nothing.
 """
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +37,16 @@ DEFAULTS = {
     "mnist": dict(epochs=10, batch_size=128, hidden=(256, 256), lr=0.05, optimizer="sgd",
                   weight_decay=5e-4),
 }
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the parameters became NaN or infinite: training stopped at (epoch, step)."""
+
+    def __init__(self, what, epoch, step, steps_per_epoch, cfg):
+        super().__init__(f"training diverged: {what} at epoch {epoch}, step {step} of "
+                         f"{steps_per_epoch} (--lr {cfg.lr}, --optimizer {cfg.optimizer}); "
+                         f"nothing was written to {cfg.out}; try a smaller --lr")
+        self.epoch, self.step = epoch, step
 
 
 @dataclasses.dataclass
@@ -70,8 +82,11 @@ class Config:
         cfg.hidden = tuple(cfg.hidden)
         if cfg.out is None:
             cfg.out = os.path.join("runs", cfg.dataset)
-        checks = [(cfg.epochs >= 1, "epochs must be >= 1"),
-                  (cfg.batch_size >= 1, "batch size must be >= 1"),
+        for name, value in (("epochs", cfg.epochs), ("batch size", cfg.batch_size)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        checks = [(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+                  (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
                   (all(h >= 1 for h in cfg.hidden), "hidden sizes must be >= 1"),
                   (cfg.lr > 0, "learning rate must be > 0"),
                   (cfg.l1 >= 0 and cfg.weight_decay >= 0, "penalties must be >= 0"),
@@ -116,26 +131,28 @@ def run(config, log=print):
 
     history, start = [], time.perf_counter()
     bar = _progress(cfg.epochs, cfg.progress, log)
-    for epoch in range(1, cfg.epochs + 1):
-        t0, total, count = time.perf_counter(), 0.0, 0
-        for xb, yb in data.batches(ds.x_train, ds.y_train, cfg.batch_size, rng=rng):
-            total += step(xb, yb) * len(yb)
-            count += len(yb)
-            if sched is not None and cfg.schedule == "cosine":
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            loss, count = _train_epoch(cfg, epoch, step, ds, rng, sched, steps_per_epoch)
+            if not _finite(model):  # a last update that blew up: its loss was still finite
+                raise DivergenceError("the parameters are no longer finite", epoch,
+                                      steps_per_epoch, steps_per_epoch, cfg)
+            if sched is not None and cfg.schedule == "step":
                 sched.step()
-        if sched is not None and cfg.schedule == "step":
-            sched.step()
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": total / count, "lr": opt.lr, "seconds": seconds,
-                  "train_accuracy": accuracy(predict, ds.x_train, ds.y_train),
-                  "test_accuracy": accuracy(predict, ds.x_test, ds.y_test)}
-        history.append(record)
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch, "loss": loss, "lr": opt.lr, "seconds": seconds,
+                      "train_accuracy": accuracy(predict, ds.x_train, ds.y_train),
+                      "test_accuracy": accuracy(predict, ds.x_test, ds.y_test)}
+            history.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                acc=f"{record['test_accuracy']:.4f}",
+                                samples_s=f"{count / seconds:,.0f}")
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['test_accuracy']:.4f}",
-                            samples_s=f"{count / seconds:,.0f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     metrics = {"dataset": cfg.dataset, "device": device, "engine": cfg.engine,
                "seconds": time.perf_counter() - start,
                "train_accuracy": history[-1]["train_accuracy"],
@@ -164,6 +181,27 @@ def accuracy(predict, x, y, batch_size=4096):
         scores = predict(x[i:i + batch_size])
         correct += int((scores.argmax(axis=1) == y[i:i + batch_size]).sum())
     return correct / len(y)
+
+
+def _train_epoch(cfg, epoch, step, ds, rng, sched, steps_per_epoch):
+    """One pass over the training set: (mean loss, samples). A NaN or infinite loss stops it."""
+    total, count = 0.0, 0
+    # NaN and inf are checked for here and stop the run: NumPy's warnings would only add noise
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, rng=rng)
+        for i, (xb, yb) in enumerate(batches, 1):
+            loss = step(xb, yb)
+            if not math.isfinite(loss):
+                raise DivergenceError(f"the loss is {loss}", epoch, i, steps_per_epoch, cfg)
+            total += loss * len(yb)
+            count += len(yb)
+            if sched is not None and cfg.schedule == "cosine":
+                sched.step()
+    return total / count, count
+
+
+def _finite(model):
+    return all(bool(np.isfinite(p.numpy()).all()) for p in model.parameters())
 
 
 def _executor_step(model, opt):
@@ -224,9 +262,14 @@ def _prepare_out(out):
 
 
 def _write_outputs(out, model, metrics, log):
+    try:  # strict JSON (no NaN or Infinity), checked before anything is written
+        text = json.dumps(metrics, indent=2, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"metrics.json: refusing to write a value that is not a finite number "
+                         f"({e})") from None
     save(model, os.path.join(out, "model.npz"))
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+        f.write(text)
     png = os.path.join(out, "curves.png")
     if plot_curves(metrics["history"], png, title=metrics["dataset"]):
         log(f"wrote {out}/metrics.json, {out}/model.npz, {png}", file=sys.stderr)

@@ -322,6 +322,14 @@ def test_batches_rejects_bad_batch_size_at_call_time(bs):
         data.batches(np.zeros((4, 1)), np.zeros(4), bs)
 
 
+@pytest.mark.parametrize("bs", [0, -2, 1.0, "4", None])
+@pytest.mark.parametrize("kwargs", [{}, {"drop_last": True}, {"shuffle": False}])
+def test_batches_error_names_the_argument_and_value(bs, kwargs):
+    with pytest.raises(ValueError) as e:
+        data.batches(np.zeros((4, 1)), np.zeros(4), bs, **kwargs)
+    assert str(e.value) == f"batch_size must be a positive integer, got {bs!r}"
+
+
 def test_batches_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="x has 4 samples but y has 3"):
         data.batches(np.zeros((4, 1)), np.zeros(3), 2)
