@@ -48,7 +48,9 @@ def sigmoid_forward_ref(x, out=None):
 
 def sigmoid_backward_ref(y, dy, out=None):
     """dx = (dy * y) * (1 - y), from the stored output: no exp recomputed, no inf*0 for large |x|.
-    The kernel performs the same three operations in the same order (bit-identical results).
+    The kernel performs the same three operations in the same order: bit-identical results in
+    float64, and in float32 wherever y, dy and dx are normal numbers (the kernel is compiled with
+    CuPy's -ftz=true, so it reads and writes float32 subnormals as 0; see kernels/sigmoid.cu).
     `out` may be dy itself."""
     with np.errstate(under="ignore"):  # a tiny gradient flushing to 0 is not an error
         t = np.asarray(np.multiply(dy, y, out=out))

@@ -7,8 +7,18 @@
 //             included; NaN in gives NaN out.
 //   backward  dx = (dy * y) * (1 - y), from the stored output y: no exp recomputed and no inf * 0
 //             (exp(-x) / (1 + exp(-x))^2 gives NaN for large |x|). Same operations in the same
-//             order as sigmoid_backward_ref in gpugrad/kernels.py, so the results are bit-identical
-//             to NumPy's (two multiplies and a subtract: nothing for the compiler to fuse).
+//             order as sigmoid_backward_ref in gpugrad/kernels.py (two multiplies and a subtract:
+//             nothing for the compiler to fuse).
+//
+// Agreement with the NumPy twins (pinned by tests/emulated/test_ftz.py)
+//   CuPy compiles with -ftz=true: every float32 operation reads a subnormal input as 0 and writes
+//   a subnormal result as 0 (sign kept); float64 keeps subnormals.
+//   backward  float64: bit-identical. float32: bit-identical to the twin on flushed inputs, flushed
+//             (dx = flush(ref(flush(y), flush(dy)))): bit-identical wherever y, dy and dx are
+//             normal; 0 where the twin's dx is subnormal, or where y or dy is.
+//   forward   expf / exp are CUDA's, not NumPy's (each within ~2 ulp of exact), so y agrees with
+//             sigmoid_forward_ref to a few ulp, not bit for bit. float32: for x in (-88.7, -87.3)
+//             the twin's y is subnormal and the kernel's is 0.
 //
 // The output may be the input (in place: the executor's buffers).
 // Launch (gpugrad/kernels.py): 1-D, block 256, grid min(ceil(n / (VEC * UNROLL * 256)), 8 * SMs),

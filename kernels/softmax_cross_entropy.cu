@@ -6,6 +6,11 @@
 //   loss      = log(s) - (x_y - m)                           (= logsumexp(x) - x_y)
 //   dlogits_j = (exp(x_j - m) / s - [j == y]) * scale        (scale: upstream / N for "mean")
 // float32 accumulates in float32, float64 in float64 (the NumPy twin: softmax_cross_entropy_ref).
+// Agreement with the twin: to the tolerance of CUDA's exp/log against NumPy's and a different
+// summation order, never bit for bit. CuPy compiles with -ftz=true, so in float32 a probability
+// or gradient below 2^-126 is 0 where the twin has a subnormal, and a subnormal logit or scale is
+// read as 0; loss_sum_f32 reads subnormal losses as 0 (the float -> double conversion flushes
+// too) and gives 0 for a subnormal total. float64 keeps subnormals (tests/emulated/test_ftz.py).
 // A label outside [0, C) sets *error = 1 (the host turns it into ValueError), is never used as an
 // index, and makes that row's loss and gradient NaN.
 //
