@@ -99,8 +99,8 @@ def test_what_a_gpu_leaves_undefined_is_reported(modules, mutants, name, n, c, b
 
 
 def test_a_vector_load_on_misaligned_rows_is_reported(mutants):
-    """UBSan reports the misaligned 16-byte load; without UBSan (tsan mode) the aligned SSE load
-    faults, and the fault fails the launch."""
+    """UBSan reports the misaligned 16-byte load; without UBSan (asan and tsan modes) the
+    aligned SSE load faults, and the fault fails the launch."""
     n, c = 4, 1000
     x = fakecupy.asarray(np.zeros(n * c + 1, np.float32))[1:].reshape(n, c)
     loss, grad = fakecupy.empty(n, np.float32), fakecupy.empty((n, c), np.float32)

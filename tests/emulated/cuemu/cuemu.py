@@ -49,9 +49,9 @@ SANITIZERS = {
     # misaligned 16-byte vector loads, out-of-bounds indices of fixed-size (shared) arrays,
     # signed overflow, bad shifts...; reported on stderr, which the runtime captures
     "ubsan": ["-fsanitize=undefined", "-fsanitize-recover=all", "-DCUEMU_CAPTURE_STDERR"],
-    # every out-of-bounds byte of a NumPy buffer (ASAN_OPTIONS=detect_leaks=0:halt_on_error=0)
-    "asan": ["-fsanitize=address,undefined", "-fsanitize-recover=address,undefined",
-             "-DCUEMU_CAPTURE_STDERR"],
+    # every out-of-bounds byte of a NumPy buffer (ASAN_OPTIONS=detect_leaks=0:halt_on_error=0);
+    # without UBSan, which the default mode runs: a third less compile time
+    "asan": ["-fsanitize=address", "-fsanitize-recover=address", "-DCUEMU_CAPTURE_STDERR"],
     # races between the threads of a block that no barrier orders (see runtime.h)
     "tsan": ["-fsanitize=thread", "-DCUEMU_CAPTURE_STDERR"],
     "none": [],
