@@ -40,11 +40,17 @@ class Function:
     g = None             # the upstream gradient being accumulated during backward
     exact_dtype = False  # True: float64 output from other dtypes is intended (casts)
     # What backward reads of the op's values, declared by each op: input positions, and OUT for
-    # its output. apply() records their versions and backward refuses to run if one was written
-    # in place since (a silently wrong gradient otherwise); raw NumPy/CuPy operands in these
-    # positions are copied, so the caller may reuse its buffer.
+    # its output. Backward refuses to run if one of them was written in place after the forward
+    # (a silently wrong gradient otherwise); raw NumPy/CuPy operands in these positions are
+    # copied, so the caller may reuse its buffer.
     saved = ()
-    versions = ()        # [(version counter, version at forward, position, array)]
+    clock = None         # the in-place write clock when the forward ran (ops with saved values)
+    _saves_inputs = _saves_output = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._saves_inputs = any(i != OUT for i in cls.saved)
+        cls._saves_output = OUT in cls.saved
 
     def __init__(self, **params):
         self.__dict__.update(params)
@@ -61,7 +67,7 @@ class Function:
             fn.__dict__.update(params)
         bk = None
         track = convert = False
-        arrays, edges = [], []
+        arrays, edges, needs = [], [], []  # needs[i]: input i wants a gradient
         for a in args:
             if isinstance(a, Tensor):
                 abk = a._bk
@@ -76,11 +82,14 @@ class Function:
                     track = True
                     ctx = a._ctx
                     edges.append(a if ctx is None else ctx)
+                    needs.append(True)
                 else:
                     edges.append(None)
+                    needs.append(False)
             else:
                 arrays.append(a)
                 edges.append(None)
+                needs.append(False)
                 convert = convert or type(a) not in _PY_SCALARS
         if bk is None:
             raise TypeError(f"{fn.name}: needs at least one Tensor input")
@@ -105,19 +114,15 @@ class Function:
             from .anomaly import check_forward
             check_forward(fn, arrays, out)
         if recording and dtype.kind == "f":
-            fn.next = edges
-            fn.needs = [e is not None for e in edges]
+            fn.next, fn.needs = edges, needs
             fn.seq = next(_sequence)
             fn.out_meta = (out.shape, dtype)  # for gg.viz: the output Tensor is not kept
-            if cls.saved:  # the versions of what backward will read (inlined: once per op)
-                versions = fn.versions = []
-                for i in cls.saved:
-                    x = t if i == OUT else args[i]
-                    if isinstance(x, Tensor):
-                        c = x._version
-                        if c is None:
-                            c = x._version = [0]
-                        versions.append((c, c[0], i, x.data))
+            if cls.saved:  # what backward will read, to check it is unchanged then
+                fn.clock = _clock_now[0]
+                if cls._saves_inputs:  # their arrays are kept anyway: the wrappers cost nothing
+                    fn.inputs = args
+                if cls._saves_output:
+                    fn.out_version = _counter(t)
             if mode.anomaly:
                 from .anomaly import record
                 record(fn, arrays)
@@ -140,19 +145,29 @@ _sequence = itertools.count()  # creation order: inputs are always made before t
 OUT = -1  # in Function.saved: the op's output
 
 
+# In-place writes are stamped by a clock: each write through gpugrad takes the next tick and
+# stores it in the written tensor's version counter, [writes, tick of the last write], which every
+# alias of the data (detach(), state_dict(), views) shares. An op with saved values remembers the
+# clock at its forward; at backward, a saved tensor whose last write is later is stale. When
+# nothing at all was written since the forward (the clock has not moved: the usual case), the
+# check is one comparison.
+_ticks = itertools.count(1)
+_clock_now = [0]  # the tick of the latest in-place write
+
+
 def _counter(t):
-    """t's version counter, [number of in-place writes], shared by every alias of its data."""
+    """t's version counter, shared by every alias of its data (created on first need)."""
     c = t._version
     if c is None:
-        c = t._version = [0]
+        c = t._version = [0, 0]
     return c
 
 
 def _bump(t):
-    """Record an in-place write to t's data (saved copies of it are now stale)."""
-    c = t._version
-    if c is not None:
-        c[0] += 1
+    """Record an in-place write to t's data: values saved from it before now are stale."""
+    c = _counter(t)
+    c[0] += 1
+    c[1] = _clock_now[0] = next(_ticks)
 
 
 def _operand(a, arg, bk, op, saved):
@@ -181,19 +196,24 @@ def _root(array):
     return array
 
 
-def _stale_error(fn):
-    """The error for a value fn saved for backward that was written in place after the forward
-    (PyTorch's message, and what to do)."""
-    for counter, version, i, array in fn.versions:
-        if counter[0] != version:
-            what = "its output" if i == OUT else f"its input {i}"
-            return RuntimeError(
+def _check_saved(fn):
+    """Raise PyTorch's error if a value fn saved for its backward was written in place after
+    the forward, naming the op and the value."""
+    for i in type(fn).saved:
+        if i == OUT:
+            c, what, (shape, dtype) = fn.out_version, "its output", fn.out_meta
+        else:
+            x = fn.inputs[i]
+            if not isinstance(x, Tensor) or x._version is None:
+                continue
+            c, what, shape, dtype = x._version, f"its input {i}", x.shape, x.dtype
+        if c[1] > fn.clock:
+            raise RuntimeError(
                 f"backward: one of the variables needed for gradient computation has been "
-                f"modified by an inplace operation: {what}, a {array.dtype} tensor of shape "
-                f"{array.shape} saved by '{fn.name}', is at version {counter[0]}; expected "
-                f"version {version} (written after the forward: by t[...] = v, an optimizer "
-                f"step or load_state_dict). Compute it again after the write, or write to a "
-                f"copy instead.")
+                f"modified by an inplace operation: {what}, a {dtype} tensor of shape {shape} "
+                f"saved by '{fn.name}', is at version {c[0]} and was written after the forward "
+                f"(by t[...] = v, an optimizer step, load_state_dict or an Executor step). "
+                f"Compute it again after the write, or write to a copy instead.")
 
 
 def _edge(a):
@@ -495,9 +515,8 @@ def run_backward(root, seed, retain_graph=False):
             if upstream is None:
                 continue
             fn.g = None
-            for counter, version, _, _ in fn.versions:  # what backward reads is unchanged
-                if counter[0] != version:
-                    raise _stale_error(fn)
+            if fn.clock is not None and fn.clock != _clock_now[0]:  # a write since forward
+                _check_saved(fn)
             grads = fn.backward(upstream)
             if anomaly:
                 from .anomaly import check_backward

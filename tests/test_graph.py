@@ -156,7 +156,7 @@ def test_graph_releases_memory():
     x = gg.tensor(np.ones(1000), requires_grad=True)
     h = gg.exp(x)
     tensor_ref, array_ref = weakref.ref(h), weakref.ref(h.data)
-    y = (h * 2).sum()
+    y = (h + 2).sum()  # add saves nothing
     del h
     gc.collect()
     # the graph keeps the arrays backward needs (exp's output), not the intermediate Tensor
@@ -164,6 +164,28 @@ def test_graph_releases_memory():
     y.backward()
     gc.collect()
     assert y._ctx.freed and array_ref() is None
+
+
+def test_an_op_keeps_only_what_it_saves():
+    """exp saves its output, not its input: the input's array is not kept by the graph. mul
+    saves its inputs (their arrays, and the Tensors, whose version counters backward checks);
+    all of it goes with backward."""
+    x = gg.tensor(np.ones(1000), requires_grad=True)
+    h = x * 3.0
+    h_ref, h_array = weakref.ref(h), weakref.ref(h.data)
+    e = gg.exp(h)
+    del h
+    gc.collect()
+    assert h_ref() is None and h_array() is None  # exp did not keep its input
+    w = gg.tensor(np.ones(1000))
+    y = (e * w).sum()
+    e_ref = weakref.ref(e)
+    del e
+    gc.collect()
+    assert e_ref() is not None  # mul keeps its input tensor for the version check
+    y.backward()
+    gc.collect()
+    assert e_ref() is None
 
 
 def test_dtypes_preserved_through_ops():
