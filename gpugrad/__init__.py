@@ -5,7 +5,7 @@
     x = gg.tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()               # x.grad == [2, 4]
 """
-from . import anomaly, cuda, data, nn, optim, viz
+from . import anomaly, cuda, data, distributed, nn, optim, viz
 from .anomaly import AnomalyError, detect_anomaly
 from .backend import get_device, manual_seed, set_device
 from .errors import DeviceError, GradcheckError, ShapeError
@@ -28,5 +28,5 @@ __all__ = [
     "detect_anomaly", "AnomalyError", "ShapeError", "DeviceError", "GradcheckError",
     "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "sigmoid", "relu", "softmax",
     "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape", "transpose",
-    "nn", "optim", "data", "save", "load", "Executor", "viz", "from_dlpack",
+    "nn", "optim", "data", "distributed", "save", "load", "Executor", "viz", "from_dlpack",
 ]

@@ -295,28 +295,45 @@ def _labels(y, src):
 
 # ---- minibatches for the trainer ------------------------------------------------------------
 
-def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False):
+def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False, rank=0, world_size=1):
     """Minibatches (x_batch, y_batch) covering each sample once: one epoch per call.
 
     shuffle draws a permutation from rng (a numpy Generator, a seed, or None for fresh entropy)
     when batches() is called, and batches are copies; without shuffle they are in-order views.
     drop_last skips a final batch shorter than batch_size. Arguments are checked at the call,
     not at the first next().
+
+    Data parallel (rank, world_size): every rank draws the same permutation (pass the same seed
+    everywhere), cuts it into global batches of batch_size * world_size samples, and takes its
+    own contiguous part of each: rank r gets samples [r * batch_size, (r + 1) * batch_size) of
+    every full global batch, so the ranks' shards are disjoint and, concatenated in rank order,
+    are the global batch. A last, shorter global batch is split as evenly as possible; one with
+    fewer samples than ranks is dropped, so every rank takes the same number of steps.
     """
     is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
     if not is_int or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    for name, value, low in (("world_size", world_size, 1), ("rank", rank, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if rank >= world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size} ranks")
     order = np.random.default_rng(rng).permutation(len(x)) if shuffle else None
-    stop = len(x) - len(x) % batch_size if drop_last else len(x)
-    return _iter_batches(x, y, batch_size, order, stop)
+    step = batch_size * world_size
+    stop = len(x) - len(x) % step if drop_last else len(x)
+    if world_size > 1 and stop % step and stop % step < world_size:
+        stop -= stop % step  # too few samples left for one per rank
+    return _iter_batches(x, y, step, order, stop, rank, world_size)
 
 
-def _iter_batches(x, y, batch_size, order, stop):
-    for i in range(0, stop, batch_size):
+def _iter_batches(x, y, step, order, stop, rank, world_size):
+    for i in range(0, stop, step):
+        m = min(step, stop - i)  # this global batch's size; rank's part: [lo, hi)
+        lo, hi = i + m * rank // world_size, i + m * (rank + 1) // world_size
         if order is None:
-            yield x[i:i + batch_size], y[i:i + batch_size]
+            yield x[lo:hi], y[lo:hi]
         else:
-            idx = order[i:i + batch_size]
+            idx = order[lo:hi]
             yield x[idx], y[idx]

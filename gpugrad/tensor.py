@@ -17,6 +17,7 @@ import operator
 import numpy as np
 
 from . import backend as _backend
+from . import hooks as _hooks
 from .errors import DeviceError, ShapeError
 
 _FLOAT_KINDS = "f"
@@ -507,6 +508,7 @@ def run_backward(root, seed, retain_graph=False):
         return
     order = _topological_order(root._ctx)
     leaves = {}  # id(leaf) -> [leaf, summed gradient]
+    ready = _hooks.session(order) if _hooks.watched else None  # GRAD-READY HOOK (hooks.py)
     anomaly = grad_mode.anomaly
     root._ctx.g = seed
     try:
@@ -527,9 +529,11 @@ def run_backward(root, seed, retain_graph=False):
                 if isinstance(edge, Tensor):
                     entry = leaves.get(id(edge))
                     if entry is None:
-                        leaves[id(edge)] = [edge, g]
+                        entry = leaves[id(edge)] = [edge, g]
                     else:
                         entry[1] = entry[1] + g  # out of place: g may be shared
+                    if ready is not None:  # GRAD-READY HOOK: fires on the leaf's last edge
+                        ready(entry)
                 elif edge.g is None:
                     edge.g = g
                 else:
@@ -537,7 +541,11 @@ def run_backward(root, seed, retain_graph=False):
     except BaseException:
         for fn in order:  # drop the partial sums: the graph is as before the call
             fn.g = None
+        if ready is not None:  # GRAD-READY HOOK
+            ready.abort()
         raise
+    if ready is not None:  # GRAD-READY HOOK: watchers may wait for and replace gradients
+        ready.finish(leaves)
     _commit(leaves, seed)
     if not retain_graph:
         for fn in order:
