@@ -130,7 +130,19 @@ class Function:
             t._ctx, t._rg = fn, True
         else:
             t._ctx, t._rg = None, False
+        if _tracer is not None:  # the Executor is recording a step (gpugrad/tracing.py)
+            _tracer(fn, args, arrays, params, t)
         return t
+
+    def replay_forward(self, arrays):
+        """forward() on arrays as apply() runs it (apply inlines the same output rules), for a
+        recorded step being replayed: no Tensors, no graph links."""
+        out = self.forward(*arrays)
+        if isinstance(out, np.generic):
+            out = np.asarray(out)
+        if out.dtype is _F64 and not self.exact_dtype and not _any_float64(arrays):
+            out = out.astype(np.float32)
+        return out
 
     def release(self):
         """Drop saved arrays and graph links after backward (unless retain_graph)."""
@@ -138,6 +150,7 @@ class Function:
         self.freed = True
 
 
+_tracer = None  # set while the Executor records a step: called with every op applied
 _new = object.__new__
 _F64 = np.dtype(np.float64)
 _sequence = itertools.count()  # creation order: inputs are always made before their outputs

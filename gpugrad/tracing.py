@@ -1,0 +1,195 @@
+"""Record what the eager code does for one training step, as a flat plan over arrays; replay it.
+
+Recording runs the model's own forward and the loss through the ordinary ops with a tracer on
+(Function.apply calls it for every op): each op's Function object, where each of its inputs came
+from (the step's x or y, a parameter, an earlier op's output, or a constant) and which of its
+parameters are the step's own arrays (cross-entropy's labels). The backward part of the plan is
+read off the recorded graph the way run_backward walks it: reverse creation order, each op's
+gradients routed to the ops that made its inputs or summed into a leaf.
+
+Replaying calls the same Function objects' forward and backward on arrays: no Tensor, no graph
+links, no per-op bookkeeping beyond the plan. Each op's math exists once, in gpugrad/ops; the
+plan only calls it. What cannot be replayed (Python control flow on data, host reads inside the
+forward, values computed outside the ops) shows up as two recordings that differ; the Executor
+records twice and compares before it trusts a plan (as tinygrad's TinyJit does).
+"""
+import threading
+
+import numpy as np
+
+from . import tensor as _tensor
+from .tensor import Tensor, _topological_order
+
+INPUT, PARAM, OP, CONST = "input", "param", "op", "const"
+# what a recorded Function keeps only for the eager backward; a plan drops it so the recording's
+# Tensors (and the batch it ran on) are not kept alive
+_EAGER_ONLY = ("next", "inputs", "clock", "out_version", "anomaly_inputs", "anomaly_site")
+
+
+class ReplayError(RuntimeError):
+    """A step the Executor cannot record once and replay."""
+
+
+class Recorder:
+    """Collects every op applied in this thread while active (a context manager)."""
+
+    def __init__(self, inputs, params):
+        self.thread = threading.get_ident()
+        self.inputs = {id(t): name for name, t in inputs.items()}
+        self.input_arrays = {id(t.data): name for name, t in inputs.items()}
+        self.params = {id(p): j for j, p in enumerate(params)}
+        self.made = {}     # id(output Tensor) -> op index
+        self.outputs = []  # the outputs, kept alive so their ids stay unique while recording
+        self.ops = []      # [(fn, sources, rebind, params)]
+
+    def __enter__(self):
+        if _tensor._tracer is not None:
+            raise ReplayError("Executor: a step is already being recorded (nested Executors)")
+        _tensor._tracer = self
+        return self
+
+    def __exit__(self, *exc):
+        _tensor._tracer = None
+
+    def __call__(self, fn, args, arrays, params, out):
+        if threading.get_ident() != self.thread:
+            return
+        sources = []
+        for a, arr in zip(args, arrays):
+            k = self.made.get(id(a)) if isinstance(a, Tensor) else None
+            if k is not None:
+                sources.append((OP, k))
+            elif id(a) in self.params:
+                sources.append((PARAM, self.params[id(a)]))
+            elif id(a) in self.inputs:
+                sources.append((INPUT, self.inputs[id(a)]))
+            else:
+                sources.append((CONST, arr))
+        rebind = tuple((key, self.input_arrays[id(v)]) for key, v in params.items()
+                       if id(v) in self.input_arrays)
+        self.made[id(out)] = len(self.ops)
+        self.outputs.append(out)
+        self.ops.append((fn, tuple(sources), rebind, dict(params)))
+
+
+class Plan:
+    """One recorded step: forward entries, the backward walk, and the loss's position."""
+
+    def __init__(self, recorder, loss, leaves):
+        self.forward_ops = [(fn, sources, rebind) for fn, sources, rebind, _ in recorder.ops]
+        self.signature = [_entry_signature(op) for op in recorder.ops]
+        k = recorder.made.get(id(loss))
+        if k is None:
+            raise ReplayError("Executor: the loss was not computed by gpugrad ops from the "
+                              "model's output in this step")
+        self.loss_index = k
+        self.backward_ops, self.leaves = self._walk(recorder, loss, leaves)
+        for fn, _, _ in self.forward_ops:
+            for name in _EAGER_ONLY:
+                fn.__dict__.pop(name, None)
+
+    @staticmethod
+    def _walk(recorder, loss, leaves):
+        """[(fn, targets)] in run_backward's order; a target is ("fn", position) or ("leaf",
+        index into leaves) or None."""
+        if not loss._rg:
+            raise ReplayError("Executor: the loss does not depend on any parameter that "
+                              "requires grad")
+        order = _topological_order(loss._ctx)
+        recorded = {id(fn) for fn, _, _, _ in recorder.ops}
+        position = {id(fn): i for i, fn in enumerate(order)}
+        leaf_index = {id(p): j for j, p in enumerate(leaves)}
+        plan = []
+        for fn in order:
+            if id(fn) not in recorded:
+                raise ReplayError(f"Executor: the loss depends on '{fn.name}', computed before "
+                                  f"the step (compute everything from the step's inputs)")
+            targets = []
+            for edge in fn.next:
+                if edge is None:
+                    targets.append(None)
+                elif isinstance(edge, Tensor):
+                    if id(edge) not in leaf_index:
+                        leaf_index[id(edge)] = len(leaves)
+                        leaves = leaves + [edge]
+                    targets.append(("leaf", leaf_index[id(edge)]))
+                else:
+                    targets.append(("fn", position[id(edge)]))
+            plan.append((fn, tuple(targets)))
+        return plan, leaves
+
+    def forward(self, inputs, params):
+        """Run the forward entries on the step's arrays; returns every op's output."""
+        vals = []
+        for fn, sources, rebind in self.forward_ops:
+            for key, name in rebind:
+                setattr(fn, key, inputs[name])
+            arrays = [vals[i] if kind is OP else params[i].data if kind is PARAM else
+                      inputs[i] if kind is INPUT else i for kind, i in sources]
+            vals.append(fn.replay_forward(arrays))
+        return vals
+
+    def backward(self, seed):
+        """The gradient of every leaf (None where none arrived), as run_backward sums them."""
+        pending = [None] * len(self.backward_ops)
+        pending[0] = seed
+        grads = [None] * len(self.leaves)
+        for pos, (fn, targets) in enumerate(self.backward_ops):
+            upstream = pending[pos]
+            if upstream is None:
+                continue
+            pending[pos] = None
+            for target, g in zip(targets, fn.backward(upstream)):
+                if target is None or g is None:
+                    continue
+                kind, i = target
+                if kind == "fn":
+                    pending[i] = g if pending[i] is None else pending[i] + g
+                else:
+                    grads[i] = g if grads[i] is None else grads[i] + g
+        return grads
+
+
+def compare(first, second):
+    """Raise ReplayError naming the first op where two recordings of a step differ."""
+    if len(first.signature) != len(second.signature):
+        raise ReplayError(f"Executor: two recordings of the step ran {len(first.signature)} and "
+                          f"{len(second.signature)} ops: the forward depends on data (Python "
+                          f"control flow on values, or host reads such as .item()), which a "
+                          f"recorded step cannot replay")
+    for k, (a, b) in enumerate(zip(first.signature, second.signature)):
+        if a != b:
+            what = _difference(a, b)
+            raise ReplayError(f"Executor: op {k} ('{a[0]}') differs between two recordings of the "
+                              f"step ({what}): values computed outside gpugrad's ops, or from "
+                              f"host reads, are baked into a recording; compute them with gg "
+                              f"ops from the step's inputs")
+
+
+def _difference(a, b):
+    if a[0] != b[0]:
+        return f"'{a[0]}' then '{b[0]}'"
+    if a[1] != b[1]:
+        return "its inputs come from different places or a constant input changed"
+    return "a setting or a constant parameter changed"
+
+
+def _entry_signature(op):
+    fn, sources, rebind, params = op
+    bound = {key for key, _ in rebind}
+    return (fn.name,
+            tuple((kind, _value_key(i) if kind == CONST else i) for kind, i in sources),
+            tuple(sorted((key, "input" if key in bound else _value_key(v))
+                         for key, v in params.items())))
+
+
+def _value_key(v):
+    """A comparable stand-in for a constant: arrays by dtype, shape and bytes."""
+    if hasattr(v, "dtype") and hasattr(v, "shape"):
+        host = v.get() if hasattr(v, "get") else np.asarray(v)
+        return ("array", str(host.dtype), host.shape, host.tobytes())
+    if isinstance(v, tuple):
+        return tuple(_value_key(x) for x in v)
+    if isinstance(v, slice):
+        return ("slice", v.start, v.stop, v.step)
+    return (type(v).__name__, repr(v))
