@@ -94,8 +94,10 @@ def test_cuda_graph_leaves_the_same_parameters(make_opt):
     for step in range(12):
         x, y = _batch(step)
         assert ex_g.step(x, y) == pytest.approx(ex_p.step(x, y), rel=1e-6)
-    assert list(ex_g._graphs.graphs) == [32]  # captured after the warm-up, replayed since
-    assert ex_g._graphs.graphs[32][0].allocated_bytes == 0
+    (only,) = ex_g._graphs.graphs.values()  # captured after the recordings, launched since
+    # the replayed ops allocate their outputs inside the capture, from the graph's private pool;
+    # it is held as long as the graph (the default pool does not grow: see the memory test)
+    assert only.graph.allocated_bytes > 0
     _assert_close(plain, graphed, rtol=1e-6, atol=1e-7)
 
 
@@ -146,16 +148,16 @@ def test_replaced_parameters_are_captured_again_in_place_writes_are_not():
             step += 1
 
     run(WARMUP_STEPS + 2)
-    first = ex_g._graphs.graphs[32][0]
+    (first,) = ex_g._graphs.graphs.values()
     state = {k: v.numpy() * 0.5 for k, v in plain.state_dict().items()}
     plain.load_state_dict(state)
     graphed.load_state_dict(state)  # in place: the captured graph stays valid
     run(2)
-    assert ex_g._graphs.graphs[32][0] is first
+    assert list(ex_g._graphs.graphs.values()) == [first]
     for model in (plain, graphed):  # new arrays on the same device: a new capture
         model.to("cpu").to("cuda")
     run(WARMUP_STEPS + 2)
-    assert ex_g._graphs.graphs[32][0] is not first
+    assert list(ex_g._graphs.graphs.values()) != [first]
     _assert_close(plain, graphed, rtol=1e-6, atol=1e-7)
 
 
