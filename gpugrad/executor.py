@@ -39,7 +39,8 @@ class _Entry:
 class Executor:
     """Train (or run) any shape-static Module by recording its eager step once and replaying it.
 
-    model: a gg.nn.Module (any forward made of gg ops: Sequential, residual blocks, tied layers).
+    model: a gg.nn.Module (any forward made of gg ops: Sequential, residual blocks, tied layers),
+    or a gg.distributed.DataParallel around one (gradients averaged over the ranks every step).
     loss: "cross_entropy" (integer labels, mean), "mse" (targets shaped like the output, mean),
     or a callable loss(output, target) -> scalar Tensor made of gg ops (L1/L2 penalties too).
     optimizer: a gg.optim optimizer over some or all of the model's parameters, or None (step()
@@ -50,6 +51,14 @@ class Executor:
                  max_plans=MAX_PLANS):
         from .nn import Module
         from .optim import Optimizer
+        # a gg.distributed.DataParallel: run its model; average the gradients over the ranks
+        # after each step's backward, before the optimizer update (the same buckets)
+        self.parallel = model if hasattr(model, "reduce_gradients") else None
+        if self.parallel is not None:
+            model = self.parallel.module
+            if cuda_graph:
+                raise ValueError("Executor: cuda_graph=True with DataParallel is not supported "
+                                 "(the gradient all-reduce would have to be captured too)")
         if not isinstance(model, Module):
             raise TypeError(f"Executor: model must be a gg.nn.Module, got {type(model).__name__}")
         if not (callable(loss) or loss in LOSSES):
@@ -190,6 +199,8 @@ class Executor:
             holder.data = g
             p.grad = holder
             arrays.append(g)
+        if self.parallel is not None:  # in place: every rank then holds the average
+            self.parallel.reduce_gradients(arrays)
         opt = self.optimizer
         if opt is None:
             return
