@@ -90,9 +90,9 @@ class DataParallel:
         self.bk = self.params[0]._bk
         _check_same_parameters(self.world, named)
         _broadcast_state(self.world, named + _buffers(model))
-        if comm is None and self.world.size > 1:
-            comm = self.world.nccl if (self.bk.name == "cuda" and self.world.nccl) \
-                else HostComm(self.world)
+        nccl = self.world.nccl if self.bk.name == "cuda" else None
+        if comm is None and (self.world.size > 1 or nccl is not None):  # init(nccl=True): also
+            comm = nccl or HostComm(self.world)                           # in a world of one
         self.comm = comm
         self.scale = 1.0 / self.world.size
         self.buckets, self._slot = [], {}
