@@ -164,10 +164,10 @@ class DataParallel:
             self._next += 1
 
     def finish(self, arrays=None):
-        """Wait for every bucket and average. Returns one entry per parameter: the averaged
-        gradient (a view into the bucket's buffer, valid until the next round, on the
-        parameter's device) or None when no rank had it. With `arrays` (one per parameter, None
-        allowed), the averages are also copied into those arrays in place."""
+        """Wait for every bucket and average. Returns one entry per parameter: its averaged
+        gradient, a new array on the parameter's device, or None when no rank had it. With
+        `arrays` (one per parameter, None allowed) the averages are written into those arrays
+        instead, and returned: nothing is allocated (a CUDA graph can capture that round)."""
         if not self._active:
             self.begin()
         if self.comm is None:
@@ -180,22 +180,28 @@ class DataParallel:
                     b.buf[b.count_at + k] = 0
             b.pending = 0
         self._start_ready()
-        out = [None] * len(self.params)
+        out = [None] * len(self.params) if arrays is None else list(arrays)
+        xp, host_to_device = np if self.comm.host else self.bk.xp, \
+            self.comm.host and self.bk.name != "cpu"
         for b in self.buckets:
             self.comm.wait(b.handle)
-            b.buf *= self.scale
             missing = [k for k, s in enumerate(b.slots) if s[0] not in self._have]
             counts = self.bk.to_numpy(b.buf[b.count_at:]) if missing else None  # rare: a sync
             for k, (i, *_rest) in enumerate(b.slots):
-                if i in self._have or counts[k] > 0:
-                    out[i] = b.view(k)
+                if i not in self._have and counts[k] == 0:
+                    continue  # no rank had it
+                # the average, scaled and copied out of the bucket in one pass
+                if host_to_device:
+                    g = self.bk.asarray(xp.multiply(b.view(k), self.scale))
+                    if arrays is None:
+                        out[i] = g
+                    elif out[i] is not None:
+                        out[i][...] = g
+                elif arrays is None:
+                    out[i] = xp.multiply(b.view(k), self.scale)
+                elif out[i] is not None:
+                    xp.multiply(b.view(k), self.scale, out=out[i])
         self._active = False
-        if self.comm.host and self.bk.name != "cpu":
-            out = [None if g is None else self.bk.asarray(g) for g in out]
-        if arrays is not None:
-            for dst, g in zip(arrays, out):
-                if dst is not None and g is not None:
-                    dst[...] = g
         return out
 
     def reduce_gradients(self, arrays=None):
@@ -219,7 +225,7 @@ class DataParallel:
             return arrays
         for p, g in zip(self.params, out):
             if g is not None:
-                p.grad = Tensor._make(g.copy(), p._bk)
+                p.grad = Tensor._make(g, p._bk)  # a new array: never shared
         return out
 
     def _abort_round(self):

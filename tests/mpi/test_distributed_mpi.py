@@ -57,7 +57,8 @@ def _check(model, ref):
 def _train(make_opt, engine="eager", steps=5, comm=None):
     dp, model, ref = _setup(comm=comm)
     opt, opt_ref = make_opt(model.parameters()), make_opt(ref.parameters())
-    ex = gg.Executor(model, optimizer=None) if engine == "executor" else None
+    ex = gg.Executor(model, optimizer=None) if engine == "executor" else \
+        gg.Executor(dp, optimizer=opt) if engine == "executor-dp" else None
     x, y = _data()
     shards = gg.data.batches(x, y, BATCH, rng=3, rank=R, world_size=W)
     whole = gg.data.batches(x, y, BATCH * W, rng=3)
@@ -68,6 +69,8 @@ def _train(make_opt, engine="eager", steps=5, comm=None):
             ex.step(xb, yb)
             dp.reduce_gradients()
             opt.step()
+        elif engine == "executor-dp":  # the Executor given the DataParallel model itself
+            ex.step(xb, yb)
         else:  # a driver's own gradient arrays, averaged in place
             loss = gg.cross_entropy(model(gg.tensor(xb)), yb)
             dp.close()  # plain backward: no reduction in it
@@ -98,8 +101,9 @@ def test_eager_training_equals_one_process_on_the_global_batch(make_opt):
 
 
 @pytest.mark.parametrize("make_opt", [sgd, adam], ids=["sgd-momentum", "adam"])
-def test_executor_training_equals_one_process_on_the_global_batch(make_opt):
-    _train(make_opt, engine="executor")
+@pytest.mark.parametrize("engine", ["executor-dp", "executor"])
+def test_executor_training_equals_one_process_on_the_global_batch(make_opt, engine):
+    _train(make_opt, engine=engine)  # Executor(dp, ...), or Executor(model) + reduce_gradients
 
 
 def test_reduce_gradients_averages_a_drivers_arrays_in_place():
