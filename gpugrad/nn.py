@@ -1,201 +1,27 @@
-"""Neural-network building blocks: Module, Linear, Sequential and the activation layers.
+"""Neural-network building blocks: Module, Linear, Sequential, Standardize and the activations.
 
 A Module owns parameters (leaf Tensors that require grad) and sub-Modules, registered simply by
-assigning them as attributes, in definition order. Everything else (optimizers, gg.save, the
-Executor) reaches the parameters through `named_parameters()`, so a model is just a tree of
-Modules whose leaves are Tensors.
+assigning them as attributes, in definition order, and buffers (Tensors it keeps and saves but
+does not train, such as Standardize's statistics), registered with `register_buffer`. Everything
+else (optimizers, gg.save, the Executor) reaches them through `named_parameters()` and
+`state_dict()`, so a model is just a tree of Modules whose leaves are Tensors. Module itself is in
+module.py.
+
+save_model / load_model write and read a whole model (architecture, weights, buffers, info) as
+one .npz file; the format lives in model_io.py.
 """
 import math
-from collections import OrderedDict, namedtuple
-from collections.abc import Mapping
 
 import numpy as np
 
 from . import backend as _backend
 from .errors import ShapeError
+from .module import LoadResult, Module
 from .ops import relu, sigmoid, tanh
-from .tensor import Tensor, _bump, randn, tensor, zeros
+from .tensor import Tensor, randn, tensor, zeros
 
-__all__ = ["Module", "Linear", "Sequential", "Sigmoid", "ReLU", "Tanh", "mlp"]
-
-LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
-
-
-class Module:
-    """Base class of layers and models: subclasses assign parameters and sub-Modules in
-    `__init__` (after `super().__init__()`) and define `forward`.
-
-    Registration happens at assignment: a leaf Tensor with requires_grad=True becomes a
-    parameter, a Module becomes a child; anything else is a plain attribute. Registered values
-    live only in `_params` / `_modules` (one source of truth); `__getattr__` finds them.
-    """
-
-    training = True
-
-    def __init__(self):
-        object.__setattr__(self, "_params", OrderedDict())
-        object.__setattr__(self, "_modules", OrderedDict())
-
-    def _registries(self):
-        d = self.__dict__
-        if "_params" not in d:  # a subclass that forgot super().__init__() still works
-            Module.__init__(self)
-        return d["_params"], d["_modules"]
-
-    def __setattr__(self, name, value):
-        params, modules = self._registries()
-        if isinstance(value, Tensor) and value.requires_grad and value.is_leaf:
-            modules.pop(name, None)
-            self.__dict__.pop(name, None)
-            params[name] = value  # re-assigning keeps the name's original position
-        elif isinstance(value, Module):
-            params.pop(name, None)
-            self.__dict__.pop(name, None)
-            modules[name] = value
-        else:
-            params.pop(name, None)
-            modules.pop(name, None)
-            object.__setattr__(self, name, value)
-
-    def __getattr__(self, name):  # only called when normal lookup fails
-        d = self.__dict__
-        for registry in (d.get("_params", {}), d.get("_modules", {})):
-            if name in registry:
-                return registry[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-
-    def __delattr__(self, name):
-        params, modules = self._registries()
-        if params.pop(name, None) is None and modules.pop(name, None) is None:
-            object.__delattr__(self, name)
-
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} must define forward()")
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-    # -- traversal ------------------------------------------------------------------------
-    def children(self):
-        return iter(self._registries()[1].values())
-
-    def modules(self):
-        """This module and every descendant, pre-order (e.g. to pick the Linear weights)."""
-        stack = [self]
-        while stack:
-            m = stack.pop()
-            yield m
-            stack.extend(reversed(list(m.children())))
-
-    def named_parameters(self, prefix=""):
-        """(dotted name, parameter) pairs: own parameters first, then each child's, in
-        definition order; a parameter shared by two layers is listed once (first name)."""
-        seen, stack = set(), [(prefix, self)]
-        while stack:
-            pre, m = stack.pop()
-            params, modules = m._registries()
-            for name, p in params.items():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    yield pre + name, p
-            stack.extend((pre + name + ".", c) for name, c in reversed(modules.items()))
-
-    def parameters(self):
-        return (p for _, p in self.named_parameters())
-
-    def zero_grad(self):
-        """Drop every parameter's gradient (None, not zeros: the next backward just assigns)."""
-        for p in self.parameters():
-            p.grad = None
-
-    def train(self, mode=True):
-        for m in self.modules():
-            m.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    # -- state ------------------------------------------------------------------------------
-    def state_dict(self):
-        """Ordered name -> detached Tensor. The values share memory with the parameters (as in
-        PyTorch); gg.save writes a snapshot."""
-        return OrderedDict((name, p.detach()) for name, p in self.named_parameters())
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy values (Tensors or NumPy/CuPy arrays) into the existing parameters, in place.
-
-        Every key, shape and dtype is checked before anything is written, so a bad state dict
-        raises (KeyError / ShapeError / TypeError naming the key) and changes nothing. The
-        parameter Tensors keep their identity and device, so optimizers holding them keep working.
-        strict=False ignores missing and unexpected keys. Returns (missing_keys, unexpected_keys).
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"load_state_dict: expected a mapping of name -> array (e.g. "
-                            f"gg.load(path)), got {type(state_dict).__name__}")
-        own = OrderedDict(self.named_parameters())
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                           f"{unexpected} (expected exactly {list(own)})")
-        writes = []
-        for name, p in own.items():
-            if name in state_dict:
-                writes.append((p, _checked_array(name, state_dict[name], p)))
-        for p, arr in writes:  # nothing below can fail: shapes and dtypes are equal
-            p.data[...] = arr
-            _bump(p)  # written in place: a graph that saved p must not backward
-        return LoadResult(missing, unexpected)
-
-    def to(self, device):
-        """Move every parameter (and its gradient) to `device` in place: the same Tensor
-        objects get new arrays, so optimizers keep working. Returns self."""
-        bk = _backend.get_backend(device)  # raises DeviceError before anything moves
-        moves = []
-        for p in self.parameters():
-            if p._bk is not bk:
-                grad = p.grad
-                if grad is not None:
-                    grad = Tensor._make(bk.asarray(grad._bk.to_numpy(grad.data)), bk)
-                moves.append((p, bk.asarray(p._bk.to_numpy(p.data)), grad))
-        for p, data, grad in moves:  # all copies made first: a failed copy moves nothing
-            p.data, p._bk, p.grad = data, bk, grad
-        return self
-
-    # -- display ----------------------------------------------------------------------------
-    def extra_repr(self):
-        return ""
-
-    def __repr__(self):
-        extra, children = self.extra_repr(), self._registries()[1]
-        if not children:
-            return f"{type(self).__name__}({extra})"
-        lines = ([extra] if extra else []) + [f"({name}): " + repr(c).replace("\n", "\n  ")
-                                              for name, c in children.items()]
-        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
-
-
-def _checked_array(name, value, p):
-    """`value` as an array on p's device, after checking its type, shape and dtype against p."""
-    if isinstance(value, Tensor):
-        src, arr = value._bk, value.data
-    else:
-        src = _backend.backend_for_array(value)
-        if src is None:
-            kind = type(value)
-            what = kind.__qualname__ if kind.__module__ == "builtins" else \
-                f"{kind.__module__}.{kind.__qualname__}"  # torch.Tensor, not just "Tensor"
-            raise TypeError(f"load_state_dict: {name!r} is a {what}; expected a gpugrad Tensor "
-                            f"or a NumPy/CuPy array (a torch.Tensor: pass .numpy())")
-        arr = value
-    if tuple(arr.shape) != p.shape:
-        raise ShapeError(f"load_state_dict: {name!r} has shape {tuple(arr.shape)}, expected "
-                         f"{p.shape}")
-    if arr.dtype != p.dtype:
-        raise TypeError(f"load_state_dict: {name!r} has dtype {arr.dtype}, expected {p.dtype} "
-                        f"(convert it, e.g. arr.astype('{p.dtype}'))")
-    return arr if src is p._bk else p._bk.asarray(src.to_numpy(arr))
+__all__ = ["Module", "Linear", "Sequential", "Standardize", "Sigmoid", "ReLU", "Tanh", "mlp",
+           "save_model", "load_model", "LoadResult"]
 
 
 class Linear(Module):
@@ -216,6 +42,18 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, init="he", dtype=None, device=None):
         super().__init__()
+        self._setup(in_features, out_features, bias, init, dtype, device, draw=True)
+
+    @classmethod
+    def _to_load(cls, in_features, out_features, bias, init, dtype, device):
+        """A Linear whose parameters are zeros, to load values into: no draw from the generator
+        (load_model leaves gg's random stream as it was)."""
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        layer._setup(in_features, out_features, bias, init, dtype, device, draw=False)
+        return layer
+
+    def _setup(self, in_features, out_features, bias, init, dtype, device, draw):
         for name, n in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
                 raise ValueError(f"Linear: {name} must be a positive int, got {n!r}")
@@ -225,9 +63,12 @@ class Linear(Module):
         if dtype.kind != "f":
             raise TypeError(f"Linear: parameters must be floating point, got dtype {dtype}")
         self.in_features, self.out_features, self.init = int(in_features), int(out_features), init
-        fan = in_features if init == "he" else in_features + out_features
-        w = randn(in_features, out_features, dtype=dtype, device=device)
-        w.data *= math.sqrt(2.0 / fan)  # scale in place: no second (in, out) array
+        if draw:
+            fan = in_features if init == "he" else in_features + out_features
+            w = randn(in_features, out_features, dtype=dtype, device=device)
+            w.data *= math.sqrt(2.0 / fan)  # scale in place: no second (in, out) array
+        else:
+            w = zeros(in_features, out_features, dtype=dtype, device=device)
         self.weight = w.requires_grad_()
         self.bias = (zeros(out_features, dtype=dtype, device=device, requires_grad=True)
                      if bias else None)
@@ -277,6 +118,80 @@ class Sequential(Module):
         return layers[index]
 
 
+class Standardize(Module):
+    """y = (x - mean) / std per feature, with fixed statistics (e.g. the training set's, from
+    Standardize.fit): the model's own input preprocessing, so model(raw_x) is right and a saved
+    model carries it. mean and std are buffers: saved and moved with the model, never trained.
+
+    Inputs are cast to the layer's dtype (float32 unless dtype= says otherwise), so raw integer
+    pixels or float64 arrays can be passed as they are; gradients flow through to x.
+    """
+
+    def __init__(self, mean, std, dtype=None, device=None):
+        super().__init__()
+        dtype = np.dtype(dtype if dtype is not None else np.float32)
+        if dtype.kind != "f":
+            raise TypeError(f"Standardize: dtype must be floating point, got {dtype}")
+        mean, std = (_host_values(v).astype(dtype) for v in (mean, std))
+        if mean.ndim != 1 or std.ndim != 1:
+            raise ShapeError(f"Standardize: mean and std must be 1-D (one value per feature), "
+                             f"got shapes {mean.shape} and {std.shape}")
+        if mean.shape != std.shape:
+            raise ShapeError(f"Standardize: {mean.size} means but {std.size} stds")
+        if mean.size == 0:
+            raise ShapeError("Standardize: need at least one feature")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise ValueError(f"Standardize: mean and std must be finite (as {dtype})")
+        if (std <= 0).any():
+            raise ValueError(f"Standardize: std must be > 0 (as {dtype}), got "
+                             f"{std[std <= 0][0]} for feature {int(np.argmax(std <= 0))}")
+        self.register_buffer("mean", tensor(mean, device=device))
+        self.register_buffer("std", tensor(std, device=device))
+
+    @classmethod
+    def fit(cls, x, floor=0.1, dtype=None, device=None):
+        """The layer that standardises `x` (samples in rows) by its own column means and spreads.
+
+        A feature that barely varies (digits' always-blank corner pixels) gets its spread raised
+        to `floor` times the average spread, so a rare non-zero value does not become a huge
+        input."""
+        x = _host_values(x)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ShapeError(f"Standardize.fit: need samples in rows, shape (n >= 1, features), "
+                             f"got {x.shape}")
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        if not std.any():
+            raise ValueError(f"Standardize.fit: every feature is constant over the "
+                             f"{x.shape[0]} samples: there is no spread to scale by")
+        return cls(mean, np.maximum(std, floor * std.mean()), dtype=dtype, device=device)
+
+    @property
+    def num_features(self):
+        return self.mean.shape[0]
+
+    def forward(self, x):
+        mean = self.mean
+        if not isinstance(x, Tensor):
+            x = tensor(x, dtype=mean.dtype, device=mean.device)
+        elif x.dtype != mean.dtype:
+            x = x.astype(mean.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.num_features:
+            raise ShapeError(f"Standardize: input has {x.shape[-1] if x.ndim else 'no'} features "
+                             f"(shape {x.shape}), expected {self.num_features}")
+        return (x - mean) / self.std
+
+    def extra_repr(self):
+        return f"num_features={self.num_features}, dtype={self.mean.dtype}"
+
+
+def _host_values(value):
+    """A host NumPy array of `value` (a Tensor, an array or nested lists of numbers)."""
+    if isinstance(value, Tensor):
+        return value.numpy()
+    src = _backend.backend_for_array(value)
+    return src.to_numpy(value) if src is not None else np.asarray(value, dtype=np.float64)
+
+
 class Sigmoid(Module):
     def forward(self, x):
         return sigmoid(x)
@@ -313,3 +228,21 @@ def mlp(sizes, activation="relu", bias=True, dtype=None, device=None):
         if i < len(sizes) - 2:
             layers.append(act())
     return Sequential(*layers)
+
+
+def save_model(model, path, info=None):
+    """Write `model` (its architecture, parameters and buffers) and `info` (a JSON-able dict,
+    e.g. the dataset it was trained on) to one .npz file, atomically; load_model reads it back.
+    Only the layers of gg.nn can be described: Sequential, Linear, Standardize and the
+    activations (a TypeError names any other)."""
+    from .model_io import save_model as _save_model
+    return _save_model(model, path, info)
+
+
+def load_model(path, device=None):
+    """The Module that save_model (or `gpugrad train`) wrote to `path`, on `device` (default: the
+    default device), with `.info` the dict saved with it plus the gpugrad version that wrote it.
+    The file's architecture is JSON, read against a fixed list of layer types: no pickle, no
+    code from the file runs. A file of weights only (gg.save) raises ValueError."""
+    from .model_io import load_model as _load_model
+    return _load_model(path, device)

@@ -10,6 +10,11 @@ removes it (POSIX: a temporary file is stale once no save holds its lock).
 Keys that the archive would store under another name, or that np.load would read back as another
 key's array, are refused. gg.load reads through npz.py, which checks every size an archive
 declares before allocating, and refuses an archive whose directory has lost entries.
+
+A model file (save_model / load_model, model_io.py) is such a checkpoint with one more entry,
+MODEL_KEY: the architecture and info as UTF-8 JSON in a uint8 array. gg.load leaves it out, so
+`model.load_state_dict(gg.load(path))` works on model files too. write_atomically is the same
+atomic write for any other file (the CLI's outputs).
 """
 import contextlib
 import errno
@@ -33,7 +38,10 @@ try:
 except ImportError:  # Windows: no advisory locks, so no cleanup of other saves' files either
     fcntl = None
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "save_arrays", "load_arrays", "write_atomically", "MODEL_KEY"]
+
+# the entry of a model file that describes it (model_io.py); no state dict may use the name
+MODEL_KEY = "__gpugrad_model__"
 
 # .<file name>.gpugrad-<12 hex digits>.tmp: what _write_atomically names its temporary files
 _TEMP_NAME = re.compile(r"\..+\.gpugrad-[0-9a-f]{12}\.tmp")
@@ -53,13 +61,28 @@ def save(obj, path):
         raise TypeError(f"gg.save: expected a gg.nn.Module or a state dict (name -> Tensor or "
                         f"array), got {type(obj).__name__}")
     arrays = OrderedDict((_key(k), _host_array(k, v)) for k, v in state.items())
+    if MODEL_KEY in arrays:
+        raise ValueError(f"gg.save: key {MODEL_KEY!r} is reserved for the model description "
+                         f"that gg.nn.save_model writes")
+    save_arrays(arrays, path)
+
+
+def save_arrays(arrays, path, who="gg.save"):
+    """Write host arrays (name -> numpy.ndarray, checked by the caller) as an .npz, atomically."""
     _check_entry_names(arrays)
+    write_atomically(path, lambda f: _write_npz(f, arrays), who)
+
+
+def write_atomically(path, write, who="gpugrad"):
+    """Call write(f) on a temporary binary file beside `path` (through symlinks: their target),
+    flush it to disk, then rename it over `path`: readers see the old file or the new one, never
+    half of one, and a failure leaves the old one (and no temporary file)."""
     path = _resolve(os.fspath(path))
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, "gg.save: directory does not exist", directory)
+        raise FileNotFoundError(errno.ENOENT, f"{who}: directory does not exist", directory)
     _remove_stale_temps(directory)
-    _write_atomically(path, directory, arrays)
+    _write_atomically(path, directory, write)
 
 
 def load(path):
@@ -67,13 +90,21 @@ def load(path):
 
     A missing file raises FileNotFoundError, a file that is not a valid .npz ValueError, both
     naming the path. Pickled (object) arrays are refused: loading never runs code. Each entry
-    is read under its own name (np.load would read entry "a.npy" for both "a" and "a.npy")."""
+    is read under its own name (np.load would read entry "a.npy" for both "a" and "a.npy").
+    A model file's description (MODEL_KEY) is not part of the state dict and is left out."""
+    state = load_arrays(path)
+    state.pop(MODEL_KEY, None)
+    return state
+
+
+def load_arrays(path, who="gg.load"):
+    """Every array of the .npz at `path`, MODEL_KEY included, checked as load() says."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "gg.load: no checkpoint file", path)
+        raise FileNotFoundError(errno.ENOENT, f"{who}: no checkpoint file", path)
     with open(path, "rb") as f:  # PermissionError and IsADirectoryError pass as they are
         if f.read(6) == b"\x93NUMPY":
-            raise ValueError(f"gg.load: {path!r} holds a single array, not a .npz checkpoint of "
+            raise ValueError(f"{who}: {path!r} holds a single array, not a .npz checkpoint of "
                              f"named arrays")
         f.seek(0)
         try:
@@ -81,7 +112,7 @@ def load(path):
                 return OrderedDict((name, npz.read_array(archive, info))
                                    for name, info in npz.entries(archive).items())
         except npz.READ_ERRORS as e:
-            raise ValueError(f"gg.load: {path!r} is not a valid .npz checkpoint ({e})") from e
+            raise ValueError(f"{who}: {path!r} is not a valid .npz checkpoint ({e})") from e
 
 
 def _key(name):
@@ -155,7 +186,7 @@ def _remove_if_stale(tmp):
         os.close(fd)
 
 
-def _write_atomically(path, directory, arrays):
+def _write_atomically(path, directory, write):
     # the temp file is in the target's directory so os.replace is a rename on one filesystem;
     # os.open with mode 0o666 lets the umask set the final permissions, as a plain open would
     tmp = os.path.join(directory, f".{os.path.basename(path)}.gpugrad-{secrets.token_hex(6)}.tmp")
@@ -164,7 +195,7 @@ def _write_atomically(path, directory, arrays):
         with os.fdopen(fd, "wb") as f:
             if fcntl is not None:  # held until the rename: other saves' cleanup leaves it alone
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            _write_npz(f, arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
             if fcntl is not None:
