@@ -88,8 +88,9 @@ class DataParallel:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.bk = self.params[0]._bk
-        _check_same_parameters(self.world, named)
-        _broadcast_state(self.world, named + _buffers(model))
+        state = named + _buffers(model)
+        _check_same_parameters(self.world, state)
+        _broadcast_state(self.world, state)
         nccl = self.world.nccl if self.bk.name == "cuda" else None
         if comm is None and (self.world.size > 1 or nccl is not None):  # init(nccl=True): also
             comm = nccl or HostComm(self.world)                           # in a world of one
@@ -288,19 +289,18 @@ def _plan(params, bucket_mb, xp):
 
 
 def _buffers(model):
-    """(name, Tensor) of every module's tensor attributes that are not parameters."""
-    out = []
-    for m_index, m in enumerate(model.modules()):
-        for name in sorted(vars(m)):
-            value = vars(m)[name]
-            if isinstance(value, Tensor):
-                out.append((f"<buffer {m_index}>.{name}", value))
-    return out
+    """(name, Tensor) of the model's buffers (Module.register_buffer: running statistics, the
+    standardisation of the inputs); for a module without that registry, its tensor attributes."""
+    named_buffers = getattr(model, "named_buffers", None)
+    if named_buffers is not None:
+        return list(named_buffers())
+    return [(f"<module {i}>.{name}", value) for i, m in enumerate(model.modules())
+            for name, value in sorted(vars(m).items()) if isinstance(value, Tensor)]
 
 
 def _check_same_parameters(world, named):
-    """Every rank must hold the same parameter names, shapes and dtypes: a ShapeError naming the
-    first mismatch (raised on every rank alike) otherwise."""
+    """Every rank must hold the same parameter (and buffer) names, shapes and dtypes: a ShapeError
+    naming the first mismatch (raised on every rank alike) otherwise."""
     if world.size == 1:
         return
     mine = [(n, tuple(p.shape), str(p.dtype)) for n, p in named]

@@ -216,3 +216,15 @@ def test_different_models_are_refused_naming_the_first_mismatch():
     with pytest.raises(gg.ShapeError, match=r"'0\.weight' of shape \(4, 8\).*rank 1's "
                                             r"parameter #0 is '0\.weight' of shape \(4, 9\)"):
         dist.DataParallel(model)
+
+
+def test_rank_0s_buffers_are_broadcast_with_its_parameters():
+    gg.manual_seed(R)
+    std = nn.Standardize(np.full(4, float(R)), np.ones(4))
+    model = nn.Sequential(std, nn.Linear(4, 2))
+    dist.DataParallel(model, comm=_comm())
+    np.testing.assert_array_equal(std.mean.numpy(), np.zeros(4))  # rank 0's statistics
+    every = _gathered(model)
+    for theirs in every[1:]:
+        for a, b in zip(every[0], theirs):
+            np.testing.assert_array_equal(a, b)
