@@ -1,10 +1,16 @@
-"""`gpugrad train | bench | info` (also `python -m gpugrad`).
+"""`gpugrad train | evaluate | predict | bench | info` (also `python -m gpugrad`).
 
 Expected failures (bad arguments, missing or malformed data files, an unusable device) print one
 line, `gpugrad: error: ...`, and exit with status 2: no traceback for a user's mistake. A run that
 fails on its way (training diverged, out of memory) prints one line too and exits with status 1.
+An unknown option prints the usage of the command it was given to.
+
+Each command is a function `_<name>(args)`; its options are added by `_<name>_options(parser)`.
+`train`'s options map onto gpugrad.train.Config by name (dashes become underscores), so a new
+option is one add_argument and one Config field.
 """
 import argparse
+import dataclasses
 import platform
 import sys
 
@@ -13,7 +19,10 @@ from .errors import DeviceError
 
 def main(argv=None):
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, not the top-level one
+        parser.commands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -39,47 +48,97 @@ def _one_line(error):
 
 
 def _parser():
-    from .data import DATASETS
+    from . import __version__
     p = argparse.ArgumentParser(prog="gpugrad", description="Reverse-mode autodiff on NVIDIA "
                                 "GPUs (CuPy) with a NumPy fallback.")
-    sub = p.add_subparsers(dest="command")
-
-    t = sub.add_parser("train", help="train an MLP on a dataset and report test accuracy")
-    t.add_argument("--dataset", choices=DATASETS, default="digits")
-    t.add_argument("--data", metavar="PATH", help="data files (mnist: the IDX files or an .npz)")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--hidden", type=_sizes, metavar="H1,H2,...",
-                   help="hidden layer sizes, e.g. 256,256; 'none' for a linear classifier")
-    t.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default="relu")
-    t.add_argument("--optimizer", choices=("sgd", "adam"))
-    t.add_argument("--lr", type=float, help="initial learning rate")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--weight-decay", type=float, help="L2 penalty strength (default: per dataset)")
-    t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on weights (eager engine)")
-    t.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
-                   help="learning-rate decay (default cosine)")
-    t.add_argument("--engine", choices=("executor", "eager"), default="executor",
-                   help="executor: the planned fast path; eager: the autograd graph")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", metavar="DIR", help="output folder (default runs/<dataset>)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.set_defaults(run=_train)
-
-    b = sub.add_parser("bench", help="CPU vs GPU (and PyTorch) timings, side by side")
-    b.add_argument("--device", choices=("auto", "cpu", "cuda", "all"), default="all")
-    b.add_argument("--quick", action="store_true", help="small sizes, few rounds")
-    b.add_argument("--threads", type=int, metavar="N",
-                   help="threads for NumPy's BLAS and PyTorch alike (default "
-                        "GPUGRAD_BENCH_THREADS, else every core)")
-    b.add_argument("--seconds", type=float, metavar="S",
-                   help="time budget per workload and device (default 3; --quick 0.2)")
-    b.set_defaults(run=_bench)
-
-    i = sub.add_parser("info", help="versions, devices and CUDA kernel status")
-    i.set_defaults(run=_info)
+    p.add_argument("--version", action="version", version=f"gpugrad {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.commands = {}
+    for name, help_text, add_options, run in (
+            ("train", "train an MLP on a dataset; write the model, metrics and a report",
+             _train_options, _train),
+            ("evaluate", "recompute a trained model's accuracy on its dataset",
+             _evaluate_options, _evaluate),
+            ("predict", "classify raw inputs with a trained model", _predict_options, _predict),
+            ("bench", "CPU vs GPU (and PyTorch) timings, side by side", _bench_options, _bench),
+            ("info", "versions, devices and CUDA kernel status", lambda p: None, _info)):
+        command = sub.add_parser(name, help=help_text,
+                                 description=help_text[0].upper() + help_text[1:] + ".")
+        add_options(command)
+        command.set_defaults(run=run)
+        p.commands[name] = command
     return p
+
+
+# ---- train ----------------------------------------------------------------------------------
+
+def _train_options(t):
+    from .data import DATASETS
+    from .train import DEFAULT_THREADS
+    t.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="data set to train on (default: %(default)s)")
+    t.add_argument("--data", metavar="PATH", help="data files, for mnist only: a folder with "
+                   "the four IDX files or an .npz (default: none)")
+    _device_option(t)
+    t.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training set " + _per_dataset("epochs"))
+    t.add_argument("--batch-size", type=int, metavar="B",
+                   help="samples per step " + _per_dataset("batch_size"))
+    t.add_argument("--hidden", type=_sizes, metavar="H1,H2,...",
+                   help="hidden layer sizes, e.g. 256,256; 'none' for a linear classifier "
+                        f"({_per_dataset('hidden')[1:-1]})")
+    t.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default="relu",
+                   help="activation after each hidden layer (default: %(default)s)")
+    t.add_argument("--optimizer", choices=("sgd", "adam"),
+                   help="sgd (with --momentum) or adam " + _per_dataset("optimizer"))
+    t.add_argument("--lr", type=float, help="initial learning rate "
+                   f"{_per_dataset('lr')}")
+    t.add_argument("--momentum", type=float, default=0.9, metavar="M",
+                   help="SGD momentum (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, metavar="W",
+                   help="L2 penalty strength " + _per_dataset("weight_decay"))
+    t.add_argument("--l1", type=float, default=0.0, metavar="S",
+                   help="L1 penalty on weights; uses the eager engine (default: %(default)s)")
+    t.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
+                   help="learning-rate decay (default: %(default)s)")
+    t.add_argument("--engine", choices=("executor", "eager"), default="executor",
+                   help="executor: the planned fast path; eager: the autograd graph "
+                        "(default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the initial weights and the batch order (default: %(default)s)")
+    t.add_argument("--out", metavar="DIR",
+                   help="output folder (default: runs/<dataset>)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on stderr when tqdm is installed)")
+    _threads_option(t, DEFAULT_THREADS)
+
+
+def _per_dataset(key):
+    from .train import DEFAULTS
+    shown = {name: (",".join(map(str, d[key])) if key == "hidden" else d[key])
+             for name, d in DEFAULTS.items()}
+    return "(default: per dataset: " + ", ".join(f"{n} {v}" for n, v in shown.items()) + ")"
+
+
+def _device_option(p):
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when a GPU is usable, else cpu (default: %(default)s)")
+
+
+def _threads_option(p, default):
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help=f"threads for NumPy's BLAS (default: {default}; measured fastest for "
+                        "these models, see the README)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _sizes(text):
@@ -96,17 +155,107 @@ def _sizes(text):
 
 def _train(args):
     from .train import Config, run
-    cfg = Config(dataset=args.dataset, data=args.data, device=args.device, epochs=args.epochs,
-                 batch_size=args.batch_size, hidden=args.hidden, activation=args.activation,
-                 optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                 weight_decay=args.weight_decay, l1=args.l1, schedule=args.schedule,
-                 seed=args.seed, out=args.out, engine=args.engine,
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in vars(args).items() if k in names},
                  progress=not args.no_progress)
     metrics = run(cfg)
     print(f"train accuracy: {metrics['train_accuracy']:.4f} ({metrics['seconds']:.1f} s on "
           f"{metrics['device']})")
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return 0
+
+
+# ---- evaluate and predict -------------------------------------------------------------------
+
+def _model_options(p):
+    p.add_argument("path", metavar="RUN_DIR_OR_MODEL",
+                   help="a gpugrad train output folder, or its model.npz")
+    _device_option(p)
+    from .train import DEFAULT_THREADS
+    _threads_option(p, DEFAULT_THREADS)
+
+
+def _evaluate_options(e):
+    from .data import DATASETS
+    _model_options(e)
+    e.add_argument("--dataset", choices=DATASETS,
+                   help="data set to evaluate on (default: the one the model was trained on)")
+    e.add_argument("--data", metavar="PATH",
+                   help="mnist's data files (default: the --data the model was trained with)")
+
+
+def _predict_options(p):
+    _model_options(p)
+    p.add_argument("--input", metavar="FILE", required=True,
+                   help="raw inputs, one sample a row, as gg.data.load gives them: .npy, .npz "
+                        "(array 'x' or its only one) or .csv (required)")
+    p.add_argument("--out", metavar="FILE", help="write the predictions to a .npy, .npz or "
+                   ".csv file (default: CSV on stdout)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also the softmax probabilities of every class (default: classes only)")
+
+
+def _load(args):
+    """(the model, its file, the device it is on) for RUN_DIR_OR_MODEL and --device."""
+    from . import backend, inference, nn
+    file = inference.model_file(args.path)
+    return nn.load_model(file, device=args.device), file, backend.get_backend(args.device).name
+
+
+def _evaluate(args):
+    from . import inference
+    from .train import blas_threads
+    with blas_threads(args.threads):
+        model, file, device = _load(args)
+        result = inference.evaluate(model, args.dataset, args.data)
+    info = model.info
+    print(f"{file}: trained on {info.get('dataset', 'an unrecorded dataset')} with gpugrad "
+          f"{info['gpugrad_version']}; evaluated on {result['dataset']} on {device}",
+          file=sys.stderr)
+    reported = info.get("test_accuracy")
+    if (reported is not None and result["dataset"] == info.get("dataset")
+            and f"{reported:.4f}" != f"{result['test_accuracy']:.4f}"):
+        print(f"note: the training run reported test accuracy {reported:.4f} (on "
+              f"{info.get('device')}); here it is {result['test_accuracy']:.4f} on {device}",
+              file=sys.stderr)
+    print(f"train accuracy: {result['train_accuracy']:.4f}")
+    print(f"test accuracy: {result['test_accuracy']:.4f}")
+    return 0
+
+
+def _predict(args):
+    from . import inference
+    from .train import blas_threads, classify
+    if args.out is not None:
+        inference.check_output(args.out)  # before any work
+    with blas_threads(args.threads):
+        model, file, _ = _load(args)
+        x = inference.read_inputs(args.input, inference.input_features(model))
+        note = inference.range_note(x, model.info)
+        if note:
+            print(note, file=sys.stderr)
+        classes, probabilities = classify(model, x, probabilities=args.probabilities)
+    if args.out is None:
+        sys.stdout.write(inference.predictions_csv(classes, probabilities))
+    else:
+        inference.write_predictions(args.out, classes, probabilities)
+        print(f"wrote {len(classes)} predictions{' and probabilities' if args.probabilities else ''}"
+              f" to {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---- bench and info -------------------------------------------------------------------------
+
+def _bench_options(b):
+    b.add_argument("--device", choices=("auto", "cpu", "cuda", "all"), default="all",
+                   help="devices to time (default: %(default)s)")
+    b.add_argument("--quick", action="store_true",
+                   help="small sizes, few rounds (default: the full sizes)")
+    b.add_argument("--threads", type=int, metavar="N",
+                   help="threads for NumPy's BLAS and PyTorch alike (default: "
+                        "GPUGRAD_BENCH_THREADS, else every core)")
+    b.add_argument("--seconds", type=float, metavar="S",
+                   help="time budget per workload and device (default: 3; --quick 0.2)")
 
 
 def _bench(args):
@@ -122,8 +271,9 @@ def _info(args):
 
     from . import __version__, cuda, kernels
     print(f"gpugrad {__version__} (python {platform.python_version()}, numpy {np.__version__})")
-    for name in ("cupy", "torch", "scipy", "sklearn", "mnist1d", "matplotlib", "tqdm"):
-        print(f"  {name:<11}{_version(name)}")
+    for name in ("cupy", "torch", "scipy", "sklearn", "mnist1d", "matplotlib", "tqdm",
+                 "threadpoolctl"):
+        print(f"  {name:<14}{_version(name)}")
     print("devices:")
     print(f"  cpu        yes ({platform.machine()}, NumPy)")
     if cuda.is_available():

@@ -3,14 +3,25 @@
 It follows the lecture's pipeline: an MLP (Linear layers + activations) scores each sample, the
 softmax cross-entropy loss measures it, backpropagation gives the gradients, and (momentum) gradient
 descent updates the weights with a learning rate that decays over training. Each epoch is
-recorded (loss, train/test accuracy, learning rate, time), and the run writes metrics.json, a curve
-plot and the trained model. A run whose loss or parameters stop being finite raises
-DivergenceError and writes nothing.
+recorded (loss, train/test accuracy, learning rate, time), and the run writes metrics.json, the
+trained model (model.npz: a model file, gg.nn.load_model), a curve plot and report.html. A run
+whose loss or parameters stop being finite raises DivergenceError and writes nothing.
+
+The model that is saved is the one that is evaluated: its first layer is gg.nn.Standardize with
+the training set's statistics, so it takes inputs as gg.data.load gives them, and the test
+accuracy a run reports is computed by that model on those raw inputs, exactly as
+`gpugrad evaluate` computes it (the MLP behind it trains on inputs standardised once, by the same
+layer).
+
+NumPy's BLAS runs on `threads` threads (default 1, see DEFAULT_THREADS) through threadpoolctl.
 """
+import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
+import platform
 import sys
 import time
 
@@ -18,9 +29,14 @@ import numpy as np
 
 from . import backend, data, nn, optim
 from .executor import Executor
-from .serialization import save
+from .ops import cross_entropy, softmax
+from .serialization import write_atomically
 from .tensor import no_grad, tensor
-from .ops import cross_entropy
+
+# Measured on the 2-core development machine (README, "Threads"): the MLPs trained here are small
+# enough that BLAS threads mostly wait for each other, and on a shared machine OpenBLAS's spinning
+# threads made digits training 5-40x slower than one thread.
+DEFAULT_THREADS = 1
 
 ENGINES = ("executor", "eager")
 SCHEDULES = ("cosine", "step", "none")
@@ -69,6 +85,7 @@ class Config:
     engine: str = "executor"
     standardize: bool = True
     progress: bool = True
+    threads: int = None  # NumPy's BLAS threads; None: DEFAULT_THREADS (noted, not required)
 
     def resolved(self):
         """A copy with the dataset's defaults filled in and every value checked."""
@@ -82,10 +99,13 @@ class Config:
         cfg.hidden = tuple(cfg.hidden)
         if cfg.out is None:
             cfg.out = os.path.join("runs", cfg.dataset)
-        for name, value in (("epochs", cfg.epochs), ("batch size", cfg.batch_size)):
+        threads = DEFAULT_THREADS if cfg.threads is None else cfg.threads
+        for name, value in (("epochs", cfg.epochs), ("batch size", cfg.batch_size),
+                            ("threads", threads)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         checks = [(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+                  (threads >= 1, f"threads must be >= 1, got {threads}"),
                   (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
                   (all(h >= 1 for h in cfg.hidden), "hidden sizes must be >= 1"),
                   (cfg.lr > 0, "learning rate must be > 0"),
@@ -106,36 +126,42 @@ class Config:
 def run(config, log=print):
     """Train per `config`; returns the metrics dict (also written to <out>/metrics.json)."""
     cfg = config.resolved()
-    _prepare_out(cfg.out)  # fail before training, not after it
+    with blas_threads(cfg.threads, log) as threads:
+        _prepare_out(cfg.out)  # fail before training, not after it
+        return _run(cfg, log, threads)
+
+
+def _run(cfg, log, threads):
     ds = data.load(cfg.dataset, path=cfg.data)  # the fixed split: --seed varies the training only
-    if cfg.standardize:
-        ds = standardize(ds)
     backend.manual_seed(cfg.seed)
     backend.set_device(cfg.device)
     device = backend.get_device()
-    model = nn.mlp([ds.num_features, *cfg.hidden, ds.num_classes], activation=cfg.activation)
+    pre = nn.Standardize.fit(ds.x_train) if cfg.standardize else None
+    x_train = ds.x_train if pre is None else scores(pre, ds.x_train)  # once, by the same layer
+    net = nn.mlp([ds.num_features, *cfg.hidden, ds.num_classes], activation=cfg.activation)
+    model = net if pre is None else nn.Sequential(pre, *net)  # what is saved and evaluated
     if cfg.optimizer == "sgd":
-        opt = optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        opt = optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                         weight_decay=cfg.weight_decay)
     else:
-        opt = optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(ds.y_train) // cfg.batch_size)
     sched = _scheduler(cfg, opt, steps_per_epoch)
-    step = _executor_step(model, opt) if cfg.engine == "executor" else \
-        _eager_step(model, opt, cfg.l1)
-    predict = _predictor(model)
+    step = _executor_step(net, opt) if cfg.engine == "executor" else \
+        _eager_step(net, opt, cfg.l1)
+    predict = predictor(model)
     rng = np.random.default_rng(cfg.seed)
-    log(f"{ds.describe()}; model {'-'.join(map(str, [ds.num_features, *cfg.hidden, ds.num_classes]))} "
-        f"{cfg.activation}, {cfg.optimizer} lr {cfg.lr}, {cfg.epochs} epochs on {device} "
-        f"({cfg.engine})", file=sys.stderr)
+    log(f"{ds.describe()}; model {describe(model)}, {cfg.optimizer} lr {cfg.lr}, {cfg.epochs} "
+        f"epochs on {device} ({cfg.engine})", file=sys.stderr)
 
     history, start = [], time.perf_counter()
     bar = _progress(cfg.epochs, cfg.progress, log)
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            loss, count = _train_epoch(cfg, epoch, step, ds, rng, sched, steps_per_epoch)
-            if not _finite(model):  # a last update that blew up: its loss was still finite
+            loss, count = _train_epoch(cfg, epoch, step, x_train, ds.y_train, rng, sched,
+                                       steps_per_epoch)
+            if not _finite(net):  # a last update that blew up: its loss was still finite
                 raise DivergenceError("the parameters are no longer finite", epoch,
                                       steps_per_epoch, steps_per_epoch, cfg)
             if sched is not None and cfg.schedule == "step":
@@ -146,49 +172,119 @@ def run(config, log=print):
                       "test_accuracy": accuracy(predict, ds.x_test, ds.y_test)}
             history.append(record)
             if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                acc=f"{record['test_accuracy']:.4f}",
-                                samples_s=f"{count / seconds:,.0f}")
+                bar.set_postfix({"loss": f"{record['loss']:.4f}",  # a dict keeps this order
+                                 "test_acc": f"{record['test_accuracy']:.4f}",
+                                 "samples/s": f"{count / seconds:,.0f}"})
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    metrics = {"dataset": cfg.dataset, "device": device, "engine": cfg.engine,
+    metrics = {"dataset": cfg.dataset, "device": device, "device_name": device_name(device),
+               "engine": cfg.engine, "model": describe(model),
                "seconds": time.perf_counter() - start,
                "train_accuracy": history[-1]["train_accuracy"],
                "test_accuracy": history[-1]["test_accuracy"],
+               "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                   timespec="seconds"),
+               "threads": threads, "versions": versions(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                "history": history}
-    _write_outputs(cfg.out, model, metrics, log)
+    info = {"dataset": cfg.dataset, "data": cfg.data and os.path.abspath(cfg.data),
+            "num_features": ds.num_features, "num_classes": ds.num_classes,
+            "input_range": [float(ds.x_train.min()), float(ds.x_train.max())],
+            "test_accuracy": metrics["test_accuracy"], "device": device}
+    _write_outputs(cfg.out, model, info, metrics, ds, log)
     return metrics
 
 
-def standardize(ds):
-    """Scale each feature to zero mean and unit variance with the training set's statistics.
+def describe(model):
+    """'Standardize-64-256-256-10 relu': the layer sizes and activations of an MLP."""
+    layers = list(model.modules())
+    linear = [m for m in layers if isinstance(m, nn.Linear)]
+    sizes = [m.in_features for m in linear] + [m.out_features for m in linear[-1:]]
+    acts = sorted({type(m).__name__.lower() for m in layers
+                   if isinstance(m, (nn.ReLU, nn.Sigmoid, nn.Tanh))})
+    pre = "Standardize-" if any(isinstance(m, nn.Standardize) for m in layers) else ""
+    return pre + "-".join(map(str, sizes)) + (f" {'/'.join(acts)}" if acts else " linear")
 
-    Features that barely vary (digits' always-blank corner pixels) get a floor on their scale of
-    a tenth of the average spread, so a rare non-zero value does not become a huge input."""
-    mean, std = ds.x_train.mean(axis=0), ds.x_train.std(axis=0)
-    std = np.maximum(std, 0.1 * std.mean())
-    scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    return dataclasses.replace(ds, x_train=scale(ds.x_train), x_test=scale(ds.x_test))
+
+@contextlib.contextmanager
+def blas_threads(threads, log=print):
+    """NumPy's BLAS on `threads` threads while the block runs (threadpoolctl). threads=None
+    means DEFAULT_THREADS, and where threadpoolctl is missing only a note says the BLAS keeps
+    its own default; an explicit number then is an ImportError. Yields the number of threads
+    set (None: the BLAS's own default)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if threads is not None:
+            raise ImportError("--threads needs threadpoolctl: pip install threadpoolctl") \
+                from None
+        log("threads: NumPy's BLAS default (threadpoolctl is not installed: pip install "
+            "threadpoolctl)", file=sys.stderr)
+        yield None
+        return
+    threads = threads or DEFAULT_THREADS
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield threads
+
+
+def versions():
+    """gpugrad's, NumPy's and CuPy's versions (CuPy: None where it is not installed)."""
+    import importlib.metadata as md
+
+    from . import __version__
+    cupy = None
+    for dist in ("cupy-cuda12x", "cupy-cuda13x", "cupy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            cupy = md.version(dist)
+            break
+    return {"gpugrad": __version__, "numpy": np.__version__, "cupy": cupy,
+            "python": platform.python_version()}
+
+
+def device_name(device):
+    """The GPU's name and memory, or the CPU's model name and core count."""
+    if device == "cuda":
+        from . import cuda
+        return cuda.device_name()
+    from .bench import _cpu_name
+    return f"{_cpu_name()}, {os.cpu_count()} cores"
 
 
 def accuracy(predict, x, y, batch_size=4096):
     """Fraction of samples whose highest score is the true class."""
     correct = 0
     for i in range(0, len(y), batch_size):
-        scores = predict(x[i:i + batch_size])
-        correct += int((scores.argmax(axis=1) == y[i:i + batch_size]).sum())
+        out = predict(x[i:i + batch_size])
+        correct += int((out.argmax(axis=1) == y[i:i + batch_size]).sum())
     return correct / len(y)
 
 
-def _train_epoch(cfg, epoch, step, ds, rng, sched, steps_per_epoch):
+def scores(model, x, batch_size=4096):
+    """The model's outputs for every row of the host array x, batch by batch, as a host array."""
+    predict = predictor(model)
+    return np.concatenate([predict(x[i:i + batch_size])
+                           for i in range(0, max(len(x), 1), batch_size)])
+
+
+def classify(model, x, probabilities=False):
+    """(classes, softmax probabilities or None) for the rows of x: each class is the highest
+    score, exactly as accuracy() counts it."""
+    logits = scores(model, x)
+    probs = None
+    if probabilities:
+        with no_grad():
+            probs = softmax(tensor(logits), axis=-1).numpy()
+    return logits.argmax(axis=1), probs
+
+
+def _train_epoch(cfg, epoch, step, x, y, rng, sched, steps_per_epoch):
     """One pass over the training set: (mean loss, samples). A NaN or infinite loss stops it."""
     total, count = 0.0, 0
     # NaN and inf are checked for here and stop the run: NumPy's warnings would only add noise
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, rng=rng)
+        batches = data.batches(x, y, cfg.batch_size, rng=rng)
         for i, (xb, yb) in enumerate(batches, 1):
             loss = step(xb, yb)
             if not math.isfinite(loss):
@@ -223,10 +319,12 @@ def _eager_step(model, opt, l1):
     return step
 
 
-def _predictor(model):
+def predictor(model):
+    """x (host array) -> host array of the model's scores (logits), computed without a graph on
+    the model's device."""
     def predict(x):
         with no_grad():
-            return model(tensor(x)).numpy()
+            return model(x).numpy()
     return predict
 
 
@@ -261,21 +359,26 @@ def _prepare_out(out):
         raise ValueError(f"--out {out}: the folder is not writable")
 
 
-def _write_outputs(out, model, metrics, log):
+def _write_outputs(out, model, info, metrics, ds, log):
     try:  # strict JSON (no NaN or Infinity), checked before anything is written
         text = json.dumps(metrics, indent=2, allow_nan=False)
     except ValueError as e:
         raise ValueError(f"metrics.json: refusing to write a value that is not a finite number "
                          f"({e})") from None
-    save(model, os.path.join(out, "model.npz"))
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        f.write(text)
+    nn.save_model(model, os.path.join(out, "model.npz"), info=info)
+    write_atomically(os.path.join(out, "metrics.json"), lambda f: f.write(text.encode()))
+    written = ["metrics.json", "model.npz"]
     png = os.path.join(out, "curves.png")
-    if plot_curves(metrics["history"], png, title=metrics["dataset"]):
-        log(f"wrote {out}/metrics.json, {out}/model.npz, {png}", file=sys.stderr)
-    else:
-        log(f"wrote {out}/metrics.json, {out}/model.npz (no plot: matplotlib is not installed; "
-            f"pip install matplotlib, or pip install 'gpugrad[plot]')", file=sys.stderr)
+    plotted = plot_curves(metrics["history"], png, title=metrics["dataset"])
+    if plotted:
+        written.append("curves.png")
+    from .report_html import render
+    html = render(metrics, ds.x_test, ds.y_test, *classify(model, ds.x_test, probabilities=True))
+    write_atomically(os.path.join(out, "report.html"), lambda f: f.write(html.encode()))
+    written.append("report.html")
+    note = "" if plotted else (" (no plot: matplotlib is not installed; pip install "
+                               "matplotlib, or pip install \".[plot]\" from gpugrad's checkout)")
+    log(f"wrote {', '.join(f'{out}/{name}' for name in written)}{note}", file=sys.stderr)
 
 
 def plot_curves(history, path, title=""):
@@ -289,7 +392,8 @@ def plot_curves(history, path, title=""):
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [h["loss"] for h in history])
-    ax1.set(xlabel="epoch", ylabel="training loss", title=f"{title} loss")
+    ax1.set_yscale("log")  # the loss falls by orders of magnitude; a linear axis hides the tail
+    ax1.set(xlabel="epoch", ylabel="training loss (log scale)", title=f"{title} loss")
     ax2.plot(epochs, [h["train_accuracy"] for h in history], label="train")
     ax2.plot(epochs, [h["test_accuracy"] for h in history], label="test")
     ax2.set(xlabel="epoch", ylabel="accuracy", title=f"{title} accuracy")

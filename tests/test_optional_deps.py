@@ -54,7 +54,8 @@ def test_cli_trains_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
     assert "no progress bar: tqdm is not installed" in err
     assert "no plot: matplotlib is not installed; pip install matplotlib" in err
     assert "Traceback" not in err
-    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.npz"]  # no curves.png
+    # no curves.png
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.npz", "report.html"]
 
 
 def test_cli_digits_without_sklearn_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -26,12 +26,16 @@ def test_default_command_reaches_97_percent_on_digits(tmp_path, capsys):
     assert metrics["device"] == "cpu" and len(metrics["history"]) == 60
     assert metrics["config"]["weight_decay"] == 5e-4  # the dataset's default, not the CLI's
     assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "report.html").stat().st_size > 1000
     state = gg.load(tmp_path / "model.npz")
-    model = nn.mlp([64, 256, 256, 10])
-    model.load_state_dict(state)
-    ds = data.load("digits")
-    assert list(state) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
-    assert ds.num_features == 64
+    assert list(state) == ["0.mean", "0.std", "1.weight", "1.bias", "3.weight", "3.bias",
+                           "5.weight", "5.bias"]
+    model = nn.load_model(tmp_path / "model.npz")  # the standardisation is inside the model
+    assert [type(m).__name__ for m in model] == ["Standardize", "Linear", "ReLU", "Linear",
+                                                 "ReLU", "Linear"]
+    # gpugrad evaluate recomputes the run's number, line for line
+    assert main(["evaluate", str(tmp_path), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
 
 
 def test_eager_engine_and_executor_train_the_same_model(tmp_path):
@@ -101,7 +105,7 @@ def test_runs_without_matplotlib(tmp_path, monkeypatch):
     run(Config(dataset="spiral", epochs=1, progress=False, out=str(tmp_path)),
         log=lambda *a, **k: logged.append(" ".join(map(str, a))))
     assert any("no plot: matplotlib is not installed" in line for line in logged)
-    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.npz", "report.html"]
 
 
 def test_mnist1d_mlp_and_logistic_regression_match_the_paper(tmp_path):
