@@ -6,15 +6,13 @@ import types
 
 import numpy as np
 import pytest
+from mpi._dist_helpers import FakeCuda, FakeNccl, LoopbackComm
 
 import gpugrad as gg
 import gpugrad.distributed as dist
-from gpugrad import hooks, nn, optim
+from gpugrad import hooks, nn
 from gpugrad.distributed import nccl as dist_nccl
 from gpugrad.distributed import world as dist_world
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0] + "/mpi")
-from _dist_helpers import FakeCuda, FakeNccl, LoopbackComm  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

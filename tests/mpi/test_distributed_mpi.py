@@ -3,12 +3,13 @@ in (see conftest.py): with 2 ranks through mpiexec in CI, as a world of one in t
 where the buckets go through a loopback communicator."""
 import numpy as np
 import pytest
-from _dist_helpers import FakeCuda, FakeNccl, LoopbackComm
 
 import gpugrad as gg
 import gpugrad.distributed as dist
 from gpugrad import nn, optim
 from gpugrad.distributed import nccl as dist_nccl
+
+from ._dist_helpers import FakeCuda, FakeNccl, LoopbackComm
 
 W, R = dist.world_size(), dist.rank()
 SIZES = [12, 24, 16, 5]
