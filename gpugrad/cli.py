@@ -26,6 +26,13 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    if getattr(args, "distributed", False):  # a failure on one rank ends every rank
+        from .distributed.job import run_or_abort
+        return run_or_abort(lambda: _run(args))
+    return _run(args)
+
+
+def _run(args):
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError, DeviceError, OSError) as e:
@@ -111,6 +118,10 @@ def _train_options(t):
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a bar on stderr when tqdm is installed)")
     _threads_option(t, DEFAULT_THREADS)
+    t.add_argument("--distributed", action="store_true",
+                   help="data parallel over the ranks of `mpiexec -n N gpugrad train ...` "
+                        "(gg.distributed): --batch-size is per rank, rank 0 prints and writes "
+                        "(default: one process)")
 
 
 def _per_dataset(key):
@@ -159,6 +170,10 @@ def _train(args):
     cfg = Config(**{k: v for k, v in vars(args).items() if k in names},
                  progress=not args.no_progress)
     metrics = run(cfg)
+    if metrics.get("world_size", 1) > 1:
+        from .distributed import rank
+        if rank() != 0:
+            return 0
     print(f"train accuracy: {metrics['train_accuracy']:.4f} ({metrics['seconds']:.1f} s on "
           f"{metrics['device']})")
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from . import backend, data, nn, optim
+from .distributed.job import TrainJob
 from .executor import Executor
 from .ops import cross_entropy, softmax
 from .serialization import write_atomically
@@ -86,6 +87,7 @@ class Config:
     standardize: bool = True
     progress: bool = True
     threads: int = None  # NumPy's BLAS threads; None: DEFAULT_THREADS (noted, not required)
+    distributed: bool = False  # data parallel under mpiexec (gg.distributed): batch is per rank
 
     def resolved(self):
         """A copy with the dataset's defaults filled in and every value checked."""
@@ -126,12 +128,15 @@ class Config:
 def run(config, log=print):
     """Train per `config`; returns the metrics dict (also written to <out>/metrics.json)."""
     cfg = config.resolved()
+    job = TrainJob(cfg.distributed, cfg.device)  # a world of one without --distributed
+    log = job.log(log)  # rank 0 alone prints and writes
     with blas_threads(cfg.threads, log) as threads:
-        _prepare_out(cfg.out)  # fail before training, not after it
-        return _run(cfg, log, threads)
+        if job.main:
+            _prepare_out(cfg.out)  # fail before training, not after it
+        return _run(cfg, log, threads, job)
 
 
-def _run(cfg, log, threads):
+def _run(cfg, log, threads, job):
     ds = data.load(cfg.dataset, path=cfg.data)  # the fixed split: --seed varies the training only
     backend.manual_seed(cfg.seed)
     backend.set_device(cfg.device)
@@ -145,22 +150,23 @@ def _run(cfg, log, threads):
                         weight_decay=cfg.weight_decay)
     else:
         opt = optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(ds.y_train) // cfg.batch_size)
+    steps_per_epoch = job.steps_per_epoch(len(ds.y_train), cfg.batch_size)
     sched = _scheduler(cfg, opt, steps_per_epoch)
-    step = _executor_step(net, opt) if cfg.engine == "executor" else \
-        _eager_step(net, opt, cfg.l1)
+    trainee = job.wrap(net)  # DataParallel under --distributed: gradients averaged over ranks
+    step = _executor_step(trainee, opt) if cfg.engine == "executor" else \
+        _eager_step(trainee, opt, cfg.l1)
     predict = predictor(model)
     rng = np.random.default_rng(cfg.seed)
     log(f"{ds.describe()}; model {describe(model)}, {cfg.optimizer} lr {cfg.lr}, {cfg.epochs} "
         f"epochs on {device} ({cfg.engine})", file=sys.stderr)
 
     history, start = [], time.perf_counter()
-    bar = _progress(cfg.epochs, cfg.progress, log)
+    bar = _progress(cfg.epochs, cfg.progress and job.main, log)
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             loss, count = _train_epoch(cfg, epoch, step, x_train, ds.y_train, rng, sched,
-                                       steps_per_epoch)
+                                       steps_per_epoch, job)
             if not _finite(net):  # a last update that blew up: its loss was still finite
                 raise DivergenceError("the parameters are no longer finite", epoch,
                                       steps_per_epoch, steps_per_epoch, cfg)
@@ -168,8 +174,8 @@ def _run(cfg, log, threads):
                 sched.step()
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch, "loss": loss, "lr": opt.lr, "seconds": seconds,
-                      "train_accuracy": accuracy(predict, ds.x_train, ds.y_train),
-                      "test_accuracy": accuracy(predict, ds.x_test, ds.y_test)}
+                      "train_accuracy": job.accuracy(accuracy, predict, ds.x_train, ds.y_train),
+                      "test_accuracy": job.accuracy(accuracy, predict, ds.x_test, ds.y_test)}
             history.append(record)
             if bar is not None:
                 bar.set_postfix({"loss": f"{record['loss']:.4f}",  # a dict keeps this order
@@ -186,14 +192,15 @@ def _run(cfg, log, threads):
                "test_accuracy": history[-1]["test_accuracy"],
                "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec="seconds"),
-               "threads": threads, "versions": versions(),
+               "threads": threads, "world_size": job.size, "versions": versions(),
                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                "history": history}
     info = {"dataset": cfg.dataset, "data": cfg.data and os.path.abspath(cfg.data),
             "num_features": ds.num_features, "num_classes": ds.num_classes,
             "input_range": [float(ds.x_train.min()), float(ds.x_train.max())],
             "test_accuracy": metrics["test_accuracy"], "device": device}
-    _write_outputs(cfg.out, model, info, metrics, ds, log)
+    if job.main:
+        _write_outputs(cfg.out, model, info, metrics, ds, log)
     return metrics
 
 
@@ -279,12 +286,13 @@ def classify(model, x, probabilities=False):
     return logits.argmax(axis=1), probs
 
 
-def _train_epoch(cfg, epoch, step, x, y, rng, sched, steps_per_epoch):
-    """One pass over the training set: (mean loss, samples). A NaN or infinite loss stops it."""
+def _train_epoch(cfg, epoch, step, x, y, rng, sched, steps_per_epoch, job):
+    """One pass over the training set (this rank's shard of it): (mean loss, samples), over
+    every rank. A NaN or infinite loss stops it."""
     total, count = 0.0, 0
     # NaN and inf are checked for here and stop the run: NumPy's warnings would only add noise
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        batches = data.batches(x, y, cfg.batch_size, rng=rng)
+        batches = job.batches(x, y, cfg.batch_size, rng=rng)
         for i, (xb, yb) in enumerate(batches, 1):
             loss = step(xb, yb)
             if not math.isfinite(loss):
@@ -293,7 +301,7 @@ def _train_epoch(cfg, epoch, step, x, y, rng, sched, steps_per_epoch):
             count += len(yb)
             if sched is not None and cfg.schedule == "cosine":
                 sched.step()
-    return total / count, count
+    return job.mean(total, count)
 
 
 def _finite(model):

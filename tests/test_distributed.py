@@ -445,3 +445,29 @@ def test_the_watchdog_names_the_wait_and_the_timeout():
     with pytest.raises(RuntimeError, match=r"rank 3 waited 0 s for the test.*GPUGRAD_DIST_TIMEOUT"):
         w.wait(["request"], "the test")
     assert w.test([]) is True
+
+
+# -- gpugrad train --distributed's helpers, in a world of one -----------------------------------
+
+def test_train_job_in_a_world_of_one_changes_nothing():
+    from gpugrad.distributed.job import TrainJob
+    job = TrainJob(False)
+    model = nn.mlp([2, 3])
+    assert (job.rank, job.size, job.main) == (0, 1, True) and job.wrap(model) is model
+    assert job.log(print) is print and job.mean(3.0, 2) == (1.5, 2)
+    assert job.steps_per_epoch(10, 3) == 4
+    x, y = np.arange(10.0)[:, None], np.arange(10)
+    assert [len(b) for _, b in job.batches(x, y, 4, rng=0)] == [4, 4, 2]
+    assert job.accuracy(lambda p, a, b: 0.25, None, x, y) == 0.25
+    quiet = TrainJob(False)
+    quiet.main = False
+    assert quiet.log(print)("anything") is None
+
+
+def test_run_or_abort_without_a_launcher_returns_the_code(monkeypatch):
+    from gpugrad.distributed.job import run_or_abort
+    for var in dist_world._SIZE_VARS + dist_world._RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert run_or_abort(lambda: 0) == 0 and run_or_abort(lambda: 2) == 2
+    monkeypatch.setenv("PMI_RANK", "3")
+    assert dist_world.launched_rank() == 3

@@ -67,3 +67,24 @@ def test_ctrl_c_stops_every_rank():
     err = proc.stderr.read()
     assert proc.returncode != 0
     assert err.count("gpugrad: interrupted") == 1, err
+
+
+def test_gpugrad_train_distributed_on_digits(tmp_path):
+    pytest.importorskip("sklearn")
+    proc, seconds = _mpiexec("-m", "gpugrad", "train", "--distributed", "--device", "cpu",
+                             "--no-progress", "--out", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    accuracy = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    assert accuracy >= 0.97, proc.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and round(metrics["test_accuracy"], 4) == accuracy
+    assert proc.stderr.count("wrote ") == 1
+
+
+def test_gpugrad_train_distributed_fails_once_on_every_rank(tmp_path):
+    proc, seconds = _mpiexec("-m", "gpugrad", "train", "--distributed", "--device", "cpu",
+                             "--dataset", "mnist", "--data", tmp_path / "missing",
+                             "--out", tmp_path / "out")
+    assert proc.returncode == 2 and seconds < 30
+    assert proc.stderr.count("gpugrad: error: mnist data path") == 1, proc.stderr

@@ -15,13 +15,14 @@ import sys
 import time
 import traceback
 
-__all__ = ["World", "init", "get_world", "abort", "launched_size"]
+__all__ = ["World", "init", "get_world", "abort", "launched_size", "launched_rank"]
 
 # Variables by which launchers tell a process its world size: MPICH/Hydra and Intel MPI (PMI),
 # PMIx (Open MPI 5, Slurm with --mpi=pmix), Open MPI, MVAPICH, Slurm's srun.
 _SIZE_VARS = ("PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
               "SLURM_STEP_NUM_TASKS")
-_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK",
+              "SLURM_PROCID")
 MPI_HINT = "pip install mpi4py mpich, or pip install 'gpugrad[mpi]'"
 DEFAULT_TIMEOUT = 300.0
 
@@ -33,6 +34,15 @@ def launched_size():
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+def launched_rank():
+    """This process's rank as the launcher announced it (0 when none did)."""
+    for var in _RANK_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def _launched():
@@ -203,8 +213,9 @@ def _abort_on_exception(kind, value, tb):
     if issubclass(kind, KeyboardInterrupt):
         print("gpugrad: interrupted", file=sys.stderr)
         abort(130)
-    print(f"gpugrad.distributed: rank {rank} failed; aborting all ranks", file=sys.stderr)
-    traceback.print_exception(kind, value, tb)
+    # one write: the launcher forwards each rank's output as it comes, and may drop the tail
+    sys.stderr.write(f"gpugrad.distributed: rank {rank} failed; aborting all ranks\n"
+                     + "".join(traceback.format_exception(kind, value, tb)))
     abort(1)
 
 
@@ -218,6 +229,12 @@ def abort(code=1):
         except Exception:  # noqa: BLE001  a closed stream must not stop the abort
             pass
     world = _world
+    if world is None and launched_size() > 1:  # failed before init(): MPI still ends the rest
+        try:
+            world = init()
+        except Exception:  # noqa: BLE001  no MPI to abort with: exit, the launcher cleans up
+            world = None
     if world is not None and world.mpi is not None and world.size > 1:
+        time.sleep(0.2)  # let the launcher forward what this rank printed before it kills it
         world.mpi.COMM_WORLD.Abort(code)
     os._exit(code)
