@@ -119,16 +119,16 @@ class World:
         spins = 0
         while not test(requests):
             spins += 1
-            if spins % 256 == 0:
-                waited = time.monotonic() - start
-                if waited > self.timeout:
-                    raise RuntimeError(
-                        f"gpugrad.distributed: rank {self.rank} waited {waited:.0f} s for "
-                        f"{what}; another rank is not taking part (it failed, exited, or runs "
-                        f"different code). The timeout is init(timeout=) or "
-                        f"GPUGRAD_DIST_TIMEOUT")
-                if waited > 0.01:  # a long wait: give the core back between tests
-                    time.sleep(0.0002)
+            if spins < 256:  # a short wait: spin, as MPI_Wait does
+                continue
+            waited = time.monotonic() - start
+            if waited > self.timeout:
+                raise RuntimeError(
+                    f"gpugrad.distributed: rank {self.rank} waited {waited:.0f} s for {what}; "
+                    f"another rank is not taking part (it failed, exited, or runs different "
+                    f"code). The timeout is init(timeout=) or GPUGRAD_DIST_TIMEOUT")
+            if waited > 0.01:  # a long wait: give the core back between tests
+                time.sleep(0.0002)
 
     def test(self, requests):
         """Drive MPI's progress without blocking (MPICH progresses only inside MPI calls)."""
