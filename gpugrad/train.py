@@ -120,8 +120,6 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if cfg.l1 > 0 and cfg.engine == "executor":
-            cfg.engine = "eager"  # the L1 penalty is an extra graph term: the eager path has it
         return cfg
 
 
@@ -153,7 +151,7 @@ def _run(cfg, log, threads, job):
     steps_per_epoch = job.steps_per_epoch(len(ds.y_train), cfg.batch_size)
     sched = _scheduler(cfg, opt, steps_per_epoch)
     trainee = job.wrap(net)  # DataParallel under --distributed: gradients averaged over ranks
-    step = _executor_step(trainee, opt) if cfg.engine == "executor" else \
+    step = _executor_step(trainee, net, opt, cfg.l1) if cfg.engine == "executor" else \
         _eager_step(trainee, opt, cfg.l1)
     predict = predictor(model)
     rng = np.random.default_rng(cfg.seed)
@@ -308,9 +306,15 @@ def _finite(model):
     return all(bool(np.isfinite(p.numpy()).all()) for p in model.parameters())
 
 
-def _executor_step(model, opt):
-    ex = Executor(model, loss="cross_entropy", optimizer=opt)
-    return ex.step
+def _executor_step(model, net, opt, l1):
+    """The recorded step (gg.Executor); with --l1 its loss carries the lecture's L1 term."""
+    loss = "cross_entropy"
+    if l1 > 0:
+        weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+
+        def loss(out, y):
+            return cross_entropy(out, y) + optim.l1_penalty(weights, l1)
+    return Executor(model, loss=loss, optimizer=opt).step
 
 
 def _eager_step(model, opt, l1):
@@ -329,8 +333,12 @@ def _eager_step(model, opt, l1):
 
 def predictor(model):
     """x (host array) -> host array of the model's scores (logits), computed without a graph on
-    the model's device."""
+    the model's device, through the Executor's forward (evaluation and training share it)."""
+    ex = Executor(model) if any(True for _ in model.parameters()) else None
+
     def predict(x):
+        if ex is not None:
+            return ex.predict(x).numpy()
         with no_grad():
             return model(x).numpy()
     return predict
