@@ -128,8 +128,13 @@ def _plot(xs, series, title, log=False, legend_low=False, width=480, height=280)
 
 
 def _int_ticks(x0, x1, most=8):
-    step = max(1, math.ceil((x1 - x0) / most))
-    return range(int(x0), int(x1) + 1, step)
+    """x0, then the multiples of a round step (1, 2, 5, 10, 20, 50, ...) up to x1."""
+    step = 1
+    while (x1 - x0) / step > most:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    first = int(x0)
+    return [first] + [t for t in range(step * (first // step + 1), int(x1) + 1, step)
+                      if t - first >= step / 2]
 
 
 # ---- confusion matrix ----------------------------------------------------------------------
@@ -163,12 +168,13 @@ def _examples(x, y, pred, probabilities):
     # the most confident mistakes first
     wrong = wrong[np.argsort(-probabilities[wrong, pred[wrong]], kind="stable")]
     shown = wrong[:MAX_EXAMPLES]
-    note = (f"<p class='note'>{wrong.size} of {len(y)} test examples are misclassified; "
-            f"{'the' if shown.size == wrong.size else f'the {shown.size} most confident'} "
-            f"shown as (true class, predicted class, its probability).</p>")
+    which = "all" if shown.size == wrong.size else f"the {shown.size} most confident"
+    note = f"<p class='note'>{wrong.size} of {len(y)} test examples are misclassified; {which} "
     features = x.shape[1]
     if features == 2:
-        return note + _scatter(x, y, set(shown.tolist()))
+        return (note + "ringed in black on the test set, coloured by true class.</p>"
+                + _scatter(x, y, set(shown.tolist())))
+    note += "shown as (true class, predicted class, its probability).</p>"
     side = math.isqrt(features)
     cards = []
     for i in shown:

@@ -89,6 +89,25 @@ def test_two_feature_inputs_get_a_scatter_and_others_a_line():
     assert "<img" not in page and page.count("<polyline") > 3
 
 
+def test_the_note_says_which_mistakes_are_shown():
+    x, y, _, probs = _case(64)
+    pred = y.copy()
+    pred[:3] = (y[:3] + 1) % 3
+    page = render(_metrics(), x, y, pred, probs)
+    assert "3 of 60 test examples are misclassified; all shown as (true class" in page
+    page = render(_metrics(), *_case(64, n=200))
+    assert re.search(r"\d+ of 200 test examples are misclassified; the 24 most confident shown",
+                     page)
+    x, y, pred, probs = _case(2)
+    assert "ringed in black on the test set" in render(_metrics(), x, y, pred, probs)
+
+
+def test_epoch_ticks_are_round_numbers():
+    assert list(report_html._int_ticks(1, 60)) == [1, 10, 20, 30, 40, 50, 60]
+    assert list(report_html._int_ticks(1, 300)) == [1, 50, 100, 150, 200, 250, 300]
+    assert list(report_html._int_ticks(1, 5)) == [1, 2, 3, 4, 5]
+
+
 def test_no_mistakes_is_said():
     x, y, _, probs = _case(64)
     page = render(_metrics(), x, y, y, probs)
