@@ -179,7 +179,8 @@ def gpu_worker():
     import gpugrad.distributed as dist
     world = dist.init(device="cuda", nccl=True)
     sync = gg.cuda.synchronize
-    out = {"device": gg.cuda.device_name(), "world": repr(world), "model": "-".join(map(str, SIZES))}
+    out = {"device": gg.cuda.device_name(), "world": repr(world),
+           "model": "-".join(map(str, SIZES))}
 
     def rate(step, n=50):
         for _ in range(5):

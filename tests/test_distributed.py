@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from mpi._dist_helpers import FakeCuda, FakeNccl, LoopbackComm
+from mpi._dist_helpers import FakeCuda, FakeNccl, LoopbackComm, identity_op
 
 import gpugrad as gg
 import gpugrad.distributed as dist
@@ -49,13 +49,7 @@ def test_ready_fires_once_per_leaf_after_its_last_contribution():
     a, b = _leaf("a", [1.0, 2.0]), _leaf("b", [3.0, 4.0])
     order = []
 
-    class Note(gg.Function):
-        def forward(self, x):
-            return x
-
-        def backward(self, g):
-            order.append("note")
-            return (g,)
+    Note = identity_op(lambda: order.append("note"))
 
     rec = Recorder()
     handle = hooks.watch([a, b], rec)
@@ -75,13 +69,7 @@ def test_ready_reports_the_leaf_before_later_ops_run():
     a, b = _leaf("a", [1.0]), _leaf("b", [2.0])
     seen = []
 
-    class Note(gg.Function):
-        def forward(self, x):
-            return x
-
-        def backward(self, g):
-            seen.append("note")
-            return (g,)
+    Note = identity_op(lambda: seen.append("note"))
 
     class Rec(Recorder):
         def ready(self, leaf, grad):
@@ -106,12 +94,10 @@ def test_finish_may_replace_and_add_gradients_and_nothing_is_committed_before():
 def test_a_failing_backward_aborts_the_watchers_and_commits_nothing():
     a = _leaf("a", [1.0])
 
-    class Boom(gg.Function):
-        def forward(self, x):
-            return x
+    def boom():
+        raise ValueError("boom")
 
-        def backward(self, g):
-            raise ValueError("boom")
+    Boom = identity_op(boom)
 
     rec = Recorder()
     handle = hooks.watch([a], rec)
@@ -278,12 +264,10 @@ def test_a_backward_failing_after_a_bucket_was_sent_stops_further_reductions():
     model, _ = _twin_models()
     dp = dist.DataParallel(model, bucket_mb=0.0001, comm=LoopbackComm())
 
-    class Boom(gg.Function):
-        def forward(self, x):
-            return x
+    def interrupt():
+        raise KeyboardInterrupt
 
-        def backward(self, g):
-            raise KeyboardInterrupt
+    Boom = identity_op(interrupt)
 
     x = gg.tensor(np.ones((2, 6)))
     h = model[0](x)
@@ -300,15 +284,12 @@ def test_a_backward_failing_before_any_bucket_was_sent_can_be_retried():
     dp = dist.DataParallel(model, bucket_mb=1, comm=LoopbackComm())  # one bucket
     calls = []
 
-    class FailOnce(gg.Function):
-        def forward(self, x):
-            return x
+    def fail_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
 
-        def backward(self, g):
-            calls.append(1)
-            if len(calls) == 1:
-                raise MemoryError
-            return (g,)
+    FailOnce = identity_op(fail_once)
 
     out = FailOnce.apply(dp(gg.tensor(np.ones((2, 6))))).sum()
     with pytest.raises(MemoryError):

@@ -1,4 +1,4 @@
-"""The world of ranks: MPI when the program was launched by mpiexec/mpirun/srun, else a world of one.
+"""The world of ranks: MPI when launched by mpiexec/mpirun/srun, else a world of one (no MPI).
 
 MPI (mpi4py) starts and coordinates the ranks and reduces host arrays; on CUDA each rank takes the
 GPU of its local rank and an NCCL communicator reduces device arrays (nccl.py). Nothing here is a

@@ -99,3 +99,19 @@ class _FakeCommunicator:
     def bcast(self, buf, count, kind, root, stream):
         self.calls.append(("bcast", count, kind, root, stream))
         self.world.bcast_(_array(buf, count, kind), root)
+
+
+def identity_op(on_backward):
+    """A gg.Function: the identity, whose backward first calls on_backward() (which may note
+    the moment, or raise to make backward fail there)."""
+    import gpugrad as gg
+
+    class Identity(gg.Function):
+        def forward(self, x):
+            return x
+
+        def backward(self, upstream):
+            on_backward()
+            return (upstream,)
+
+    return Identity

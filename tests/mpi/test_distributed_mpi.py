@@ -9,7 +9,7 @@ import gpugrad.distributed as dist
 from gpugrad import nn, optim
 from gpugrad.distributed import nccl as dist_nccl
 
-from ._dist_helpers import FakeCuda, FakeNccl, LoopbackComm
+from ._dist_helpers import FakeCuda, FakeNccl, LoopbackComm, identity_op
 
 W, R = dist.world_size(), dist.rank()
 SIZES = [12, 24, 16, 5]
@@ -135,15 +135,9 @@ def test_the_nccl_path_trains_the_same(monkeypatch):
 def test_first_bucket_starts_before_backward_reaches_the_first_layer():
     events = []
 
-    class Probe(gg.Function):
-        """Identity whose backward notes the moment backward reaches the first layer."""
-
-        def forward(self, x):
-            return x
-
-        def backward(self, upstream):
-            events.append("backward reaches layer 0")
-            return (upstream,)
+    # the identity, between the first layer and the rest: its backward runs right before the
+    # first layer's
+    Probe = identity_op(lambda: events.append("backward reaches layer 0"))
 
     class Marker(nn.Module):
         def forward(self, x):
