@@ -10,6 +10,8 @@ GPU's synchronize). Host <-> device copies are timed apart, in bench_ops.py. The
 built by gpugrad.bench.workloads, the code `gpugrad bench` times too. Every device and contender
 of one model and batch size share a pytest-benchmark group.
 """
+import os
+
 import pytest
 
 from gpugrad.bench import workloads as wl
@@ -28,15 +30,20 @@ def _id(case):
     return f"{'-'.join(map(str, sizes))}-b{n}"
 
 
+def pytest_generate_tests(metafunc):
+    """The cases of this run, so a test ID names the shape that really runs (quick mode runs a
+    small model, not the full sizes)."""
+    if "case" in metafunc.fixturenames:
+        quick = metafunc.config.getoption("--quick") or os.environ.get(
+            "GPUGRAD_BENCH_QUICK", "0") not in ("", "0")
+        cases = _cases("quick" if quick else "full")
+        metafunc.parametrize("case", cases, ids=[_id(c) for c in cases])
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("impl", wl.TRAIN_IMPLS)
-@pytest.mark.parametrize("case", range(len(_cases("full"))),
-                         ids=[_id(c) for c in _cases("full")])
-def test_train_step(benchmark, measure, quick, case, impl, device):
-    cases = _cases("quick" if quick else "full")
-    if case >= len(cases):
-        pytest.skip("quick mode runs one case")
-    sizes, n = cases[case]
+def test_train_step(benchmark, measure, case, impl, device):
+    sizes, n = case
     try:
         fn = wl.train_step(impl, device, sizes, n)
     except Unavailable as e:

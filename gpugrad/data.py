@@ -28,7 +28,7 @@ __all__ = ["DATASETS", "DataError", "Dataset", "MAX_DATA_BYTES", "load", "batche
 
 DATASETS = ("digits", "spiral", "mnist1d", "mnist")
 # The package's own name first: a checkout run with PYTHONPATH=. has no gpugrad to add extras to.
-_INSTALL_HINT = "pip install {}, or pip install 'gpugrad[data]' for every dataset"
+_INSTALL_HINT = "pip install {}, or pip install \".[data]\" from gpugrad's checkout for every dataset"
 # LeCun's file names, in the order train images, train labels, test images, test labels.
 _IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -32,7 +32,7 @@ ARCHS = ("80", "90")
 
 
 class ToolNotFound(RuntimeError):
-    """NVRTC or ptxas is not installed (pip install 'gpugrad[dev]')."""
+    """NVRTC or ptxas is not installed (pip install ".[dev]" from gpugrad's checkout)."""
 
 
 def _nvidia_dirs():
@@ -70,7 +70,7 @@ class Nvrtc:
         path = path or find_nvrtc()
         if path is None:
             raise ToolNotFound("NVRTC not found: pip install nvidia-cuda-nvrtc-cu12 "
-                               "(part of gpugrad[dev])")
+                               "(part of gpugrad's dev extra: pip install \".[dev]\")")
         self.path = Path(path)
         lib = self.lib = ctypes.CDLL(str(path))
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
@@ -125,7 +125,7 @@ def ptxas_report(ptx_path, arch="90", ptxas=None):
     ptxas = ptxas or find_ptxas()
     if ptxas is None:
         raise ToolNotFound("ptxas not found: pip install nvidia-cuda-nvcc-cu12 (part of "
-                           "gpugrad[dev])")
+                           "gpugrad's dev extra: pip install \".[dev]\")")
     ptx_path = Path(ptx_path)
     cmd = [str(ptxas), "-v", f"-arch=sm_{arch}", str(ptx_path),
            "-o", str(ptx_path.with_suffix(f".ptxas.sm_{arch}.cubin"))]
@@ -165,7 +165,7 @@ def check(files, archs=ARCHS, out_dir=None, stream=sys.stdout):
     find = find_ptxas()
     if find is None:
         raise ToolNotFound("ptxas not found: pip install nvidia-cuda-nvcc-cu12 (part of "
-                           "gpugrad[dev])")
+                           "gpugrad's dev extra: pip install \".[dev]\")")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"NVRTC {nvrtc.version[0]}.{nvrtc.version[1]} ({nvrtc.path})\nptxas {find}\n"

@@ -17,7 +17,7 @@ NVRTC, PTXAS = kernel_check.find_nvrtc(), kernel_check.find_ptxas()
 needs_tools = pytest.mark.skipif(
     NVRTC is None or PTXAS is None,
     reason="NVRTC/ptxas wheels not installed (pip install nvidia-cuda-nvrtc-cu12 "
-           "nvidia-cuda-nvcc-cu12, part of gpugrad[dev])")
+           "nvidia-cuda-nvcc-cu12, part of gpugrad's dev extra)")
 FILES = kernels.kernel_files()
 REPO = Path(__file__).resolve().parent.parent  # the checkout these tests live in
 

@@ -23,7 +23,7 @@ _SIZE_VARS = ("PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_S
               "SLURM_STEP_NUM_TASKS")
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK",
               "SLURM_PROCID")
-MPI_HINT = "pip install mpi4py mpich, or pip install 'gpugrad[mpi]'"
+MPI_HINT = "pip install mpi4py mpich, or pip install \".[mpi]\" from gpugrad's checkout"
 DEFAULT_TIMEOUT = 300.0
 
 
