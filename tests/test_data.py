@@ -74,7 +74,7 @@ def test_dataset_rejects_wrong_dtypes_and_labels():
 def test_missing_optional_package_says_how_to_install(monkeypatch, name, modules):
     for m in modules:  # None in sys.modules makes `import m` raise ImportError
         monkeypatch.setitem(sys.modules, m, None)
-    with pytest.raises(ImportError, match=r"pip install 'gpugrad\[data\]'"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[data\]" from gpugrad\'s checkout'):
         data.load(name)
 
 

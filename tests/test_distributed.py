@@ -405,7 +405,7 @@ def test_launcher_detection_and_a_missing_mpi4py(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert dist_world.launched_size() == 4 and dist_world._launched()
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
-    with pytest.raises(ImportError, match=r"one of 4 ranks.*gpugrad\[mpi\]"):
+    with pytest.raises(ImportError, match=r"one of 4 ranks.*pip install \"\.\[mpi\]\" from gpugrad's checkout"):
         dist_world._import_mpi()
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
     assert dist_world._import_mpi() is None  # one rank: a world of one without MPI
