@@ -329,3 +329,21 @@ def test_a_model_moved_after_planning_is_refused():
     model[0].weight._bk = other  # what Module.to(device) does to each parameter
     with pytest.raises(gg.DeviceError, match="moved to 'elsewhere'.*new Executor"):
         ex.step(np.zeros((2, 4), np.float32), [0, 1])
+
+
+def test_parameters_that_change_dtype_or_shape_are_recorded_again():
+    model = _model([6, 8, 3])
+    ex = gg.Executor(model, optimizer=optim.SGD(model.parameters(), lr=0.1))
+    x, y = _data(10, 6, 3)
+    for _ in range(3):
+        ex.step(x, y)
+    (entry,) = ex._plans.values()
+    assert entry.trusted is not None
+    for p in model.parameters():  # what model.to(dtype) would do: new arrays, new dtype
+        p.data = p.data.astype(np.float64)
+    loss = ex.step(x.astype(np.float64), y)
+    (entry,) = ex._plans.values()
+    assert entry.trusted is None and np.isfinite(loss)  # a fresh recording, not the old plan
+    with gg.no_grad():
+        out = model(gg.tensor(x.astype(np.float64)))
+    assert out.dtype == np.float64
