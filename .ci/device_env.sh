@@ -164,7 +164,7 @@ rc=0
 run python -m gpugrad train --dataset digits --epochs 1 --out "$tmp/train_digits" || rc=$?
 no_traceback
 [ "$rc" -ne 0 ] || fail "gpugrad train --dataset digits succeeded without scikit-learn?"
-[ "$(wc -l <"$logs/train_digits.err")" -eq 1 ] || fail "expected a one-line error"
+[ "$(grep -c '^gpugrad: error' "$logs/train_digits.err")" -eq 1 ] || fail "expected one one-line error"
 has err "gpugrad: error: dataset 'digits' needs scikit-learn" || fail "the error names no package"
 has err "pip install scikit-learn" || fail "the error does not say what to install"
 done_step "exit $rc, one line"
