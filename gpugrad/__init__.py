@@ -5,7 +5,7 @@
     x = gg.tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()               # x.grad == [2, 4]
 """
-from . import anomaly, cuda, data, distributed, nn, optim, viz
+from . import anomaly, cuda, data, distributed, nn, optim, viz  # noqa: F401  (gg.anomaly.is_enabled)
 from .anomaly import AnomalyError, detect_anomaly
 from .backend import get_device, manual_seed, set_device
 from .errors import DeviceError, GradcheckError, ShapeError

@@ -313,18 +313,16 @@ def _info(args):
 
 def _version(module):
     import importlib.metadata as md
-    dist = {"sklearn": "scikit-learn", "cupy": None}.get(module, module)
-    if module == "cupy":
-        for candidate in ("cupy-cuda12x", "cupy-cuda13x", "cupy"):
-            try:
-                return f"{md.version(candidate)} ({candidate})"
-            except md.PackageNotFoundError:
-                continue
-        return "not installed"
+    if module == "cupy":  # whichever CuPy wheel is installed, named
+        from .backend.probe import cupy_package
+        dist = cupy_package()
+    else:
+        dist = {"sklearn": "scikit-learn"}.get(module, module)
     try:
-        return md.version(dist)
+        version = md.version(dist)
     except md.PackageNotFoundError:
         return "not installed"
+    return f"{version} ({dist})" if module == "cupy" else version
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from . import tracing
 from .errors import DeviceError, ShapeError
 from .executor_graph import StepGraphs
-from .tensor import Tensor, _bump
+from .tensor import Tensor
 
 LOSSES = ("cross_entropy", "mse")
 MAX_PLANS = 4
@@ -100,7 +100,8 @@ class Executor:
     # -- public API --------------------------------------------------------------------------
     def step(self, x, y):
         """Forward, backward and optimizer update on one batch; returns the loss as a float."""
-        self._check_device()
+        if self._check_params():  # the parameters changed shape or dtype: record again
+            self.clear()
         if y is None:
             raise TypeError("Executor.step: y (the labels or targets of the batch) is required, "
                             "got None")
@@ -108,12 +109,7 @@ class Executor:
         if x.shape[0] == 0:
             raise ShapeError(f"Executor.step: the batch is empty (input of shape {x.shape}); "
                              f"the mean loss over no samples is undefined")
-        key = (x.shape, x.dtype, y.shape, y.dtype)
-        if any(p.data.shape != s or p.data.dtype != d for p, (s, d) in
-               zip(self.params, self._layout)):
-            self._layout = [(p.shape, p.dtype) for p in self.params]
-            self.clear()  # the parameters changed shape or dtype: every plan is recorded again
-        entry = self._entry(key)
+        entry = self._entry((x.shape, x.dtype, y.shape, y.dtype))
         if entry.trusted is None:
             loss, grads = self._record(entry, x, y)
         elif self._graphs is not None:
@@ -232,8 +228,16 @@ class Executor:
                                 "cross_entropy" else host.astype(self.dtype))
         return x, y
 
-    def _check_device(self):
-        moved = next((p for p in self.params if p._bk is not self.bk), None)
-        if moved is not None:
-            raise DeviceError(f"Executor: the model's parameters moved to '{moved.device}' after "
-                              f"the Executor was made on '{self.bk.name}'; create a new Executor")
+    def _check_params(self):
+        """Raise if a parameter left the Executor's device; True when one changed shape or
+        dtype since the plans were recorded (the layout is then updated)."""
+        changed = False
+        for p, (shape, dtype) in zip(self.params, self._layout):
+            if p._bk is not self.bk:
+                raise DeviceError(f"Executor: the model's parameters moved to '{p.device}' "
+                                  f"after the Executor was made on '{self.bk.name}'; create a "
+                                  f"new Executor")
+            changed = changed or p.data.shape != shape or p.data.dtype != dtype
+        if changed:
+            self._layout = [(p.shape, p.dtype) for p in self.params]
+        return changed

@@ -63,9 +63,10 @@ class StepGraphs:
             g = None
         if g is None:
             g = self.graphs[id(entry)] = self._capture(entry, x, y, sig)
-        host_y = ex.bk.to_numpy(y)
-        for c in g.classes:  # before anything runs: a rejected step changes nothing
-            check_labels(host_y, c)
+        if g.classes:  # before anything runs: a rejected step changes nothing
+            host_y = ex.bk.to_numpy(y)
+            for c in g.classes:
+                check_labels(host_y, c)
         for dst, src in ((g.x, x), (g.y, y)):
             if ex.bk.is_array(src):
                 dst[...] = src

@@ -194,7 +194,7 @@ def _check_arrays(state, expected):
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise _Bad(f"does not match its architecture: "
+        raise _Bad("does not match its architecture: "
                    + "; ".join(part for part in (
                        f"missing arrays {missing}" if missing else "",
                        f"unexpected arrays {unexpected}" if unexpected else "") if part))

@@ -10,7 +10,6 @@ reverse, handing each Function its upstream gradient; the Function multiplies by
 Contract that keeps gradients cheap: gradient arrays are never modified in place, by the engine or
 by the optimizers, so a backward may hand the same array to several inputs without copying.
 """
-import functools
 import itertools
 import operator
 

@@ -334,7 +334,7 @@ def _eager_step(model, opt, l1):
 def predictor(model):
     """x (host array) -> host array of the model's scores (logits), computed without a graph on
     the model's device, through the Executor's forward (evaluation and training share it)."""
-    ex = Executor(model) if any(True for _ in model.parameters()) else None
+    ex = Executor(model) if next(model.parameters(), None) is not None else None
 
     def predict(x):
         if ex is not None:

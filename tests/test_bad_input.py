@@ -46,7 +46,6 @@ class World:
         (self.aux / "notes.txt").write_text("hello")
         (self.aux / "bad.npz").write_bytes(b"garbage")
         gg.save(nn.Sequential(nn.Linear(4, 2)), self.aux / "other.npz")
-        self.mixed = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2, dtype="float64"))
         (self.aux / "idx").mkdir()
         for name in data._IDX_NAMES:  # 6 bytes: shorter than any IDX header
             (self.aux / "idx" / name).write_bytes(b"\x00\x00\x08\x03\x00\x00")

@@ -56,7 +56,7 @@ def test_page_holds_curves_confusion_matrix_examples_and_settings():
     # curves: the loss (log scale) and the two accuracies
     assert "training loss (log scale)" in page
     for color in (report_html.LOSS, report_html.TRAIN, report_html.TEST):
-        assert f"<polyline points='" in page and f"stroke='{color}'" in page
+        assert "<polyline points='" in page and f"stroke='{color}'" in page
     # the confusion matrix counts every test sample, the diagonal the correct ones
     counts = _confusion_counts(page)
     assert counts.shape == (10, 10) and counts.sum() == len(y)

@@ -6,6 +6,7 @@ for, and the probe's verdict (usable or not, and why) is cached for the process.
 from ..errors import DeviceError
 from .base import Backend
 from .numpy_backend import NumpyBackend
+from .probe import INSTALL_HINT as _INSTALL_HINT
 
 _cpu = NumpyBackend()
 _cuda = None           # CupyBackend once probed and usable
@@ -13,8 +14,6 @@ _cuda_reason = None    # why CUDA is unusable, once probed
 _seed = None           # the last manual_seed, applied to a backend created later
 _default = _cpu
 
-_INSTALL_HINT = ("install CuPy for your driver: from gpugrad's checkout, pip install \".[cuda12]\" "
-                 "(CUDA 12.x, driver >= 525) or \".[cuda13]\" (CUDA 13.x)")
 _probe_rows = []       # the last probe's [(check, ok, detail)], for gpugrad info
 
 

@@ -199,7 +199,6 @@ def _bind(lib):
         "cublasSetStream_v2": [p, p],
         "cublasSetWorkspace_v2": [p, p, ctypes.c_size_t],
         "cublasSetMathMode": [p, i],
-        "cublasGetVersion_v2": [p, ctypes.POINTER(i)],
         "cublasGemmEx": [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i],
         "cublasGemmStridedBatchedEx": [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i,
                                        i, ll, i, i, i],

@@ -14,6 +14,7 @@ Nothing here raises: every failure becomes a (name, False, detail) row and a rea
 import numpy as np
 
 CHECKS = ("cupy", "device", "nvrtc", "cublas", "curand")
+_LIBRARY = {"nvrtc": "NVRTC", "cublas": "cuBLAS"}  # the checks whose failure a wheel fixes
 
 _PROBE_KERNEL = r'''
 extern "C" __global__ void gpugrad_probe(const float* x, float* y, int n) {
@@ -21,6 +22,10 @@ extern "C" __global__ void gpugrad_probe(const float* x, float* y, int n) {
     if (i < n) y[i] = 2.0f * x[i] + 1.0f;
 }
 '''
+
+
+INSTALL_HINT = ("install CuPy for your driver: from gpugrad's checkout, pip install \".[cuda12]\" "
+                "(CUDA 12.x, driver >= 525) or \".[cuda13]\" (CUDA 13.x)")
 
 
 def cupy_package():
@@ -55,9 +60,7 @@ def probe(seed=None, explain=None):
     try:
         import cupy
     except Exception as e:  # ImportError, or a CuPy that fails to load its runtime
-        return fail("cupy", f"CuPy is not installed or does not import ({e}); install CuPy for "
-                            f"your driver: pip install \".[cuda12]\" (CUDA 12.x, driver >= 525) "
-                            f"or \".[cuda13]\" (CUDA 13.x) from gpugrad's checkout")
+        return fail("cupy", f"CuPy is not installed or does not import ({e}); {INSTALL_HINT}")
     rows.append(("cupy", True, cupy.__version__))
     steps = (("device", lambda: _device(cupy, explain)), ("nvrtc", lambda: _nvrtc(cupy)),
              ("cublas", lambda: _cublas(cupy)))
@@ -66,8 +69,8 @@ def probe(seed=None, explain=None):
             rows.append((name, True, step()))
         except Exception as e:
             detail = getattr(e, "gpugrad_reason", None) or f"{type(e).__name__}: {e}"
-            if name in ("nvrtc", "cublas"):
-                detail += f"; {install_hint(name.upper() if name == 'nvrtc' else 'cuBLAS')}"
+            if name in _LIBRARY:
+                detail += f"; {install_hint(_LIBRARY[name])}"
             return fail(name, detail)
     try:
         from .cupy_backend import CupyBackend
