@@ -7,7 +7,7 @@ gives the analytic vector-Jacobian product J^T r); the numeric side perturbs eac
 import numpy as np
 
 from .errors import GradcheckError
-from .tensor import Tensor, no_grad
+from .tensor import Tensor, enable_grad, no_grad
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
@@ -71,3 +71,57 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
                 f"numeric {numeric[worst]:.10g} vs analytic {analytic[worst]:.10g} "
                 f"(atol={atol}, rtol={rtol})")
     return True
+
+
+def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3):
+    """True if the second derivatives match; else GradcheckError, as gradcheck reports.
+
+    The analytic first derivatives, u^T J (J: fn's Jacobian; u: `grad_outputs`, random by
+    default), are recorded with create_graph=True and projected on a fixed random direction;
+    gradcheck then compares that projection's gradient (backward through the recorded backward)
+    against central differences of the analytic first derivatives, with respect to every
+    float input and to u. Float64 throughout."""
+    from . import autograd
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"gradgradcheck: inputs must be a Tensor or a list/tuple of inputs, got "
+                        f"{type(inputs).__name__}")
+    inputs = tuple(inputs)
+    checked = [i for i, a in enumerate(inputs) if isinstance(a, Tensor) and a.requires_grad]
+    if not checked:
+        raise ValueError("gradgradcheck: no input requires grad; pass tensors with "
+                         "requires_grad=True")
+    with no_grad():
+        out = fn(*[Tensor._make(a.data.astype(np.float64), a._bk) if i in checked else a
+                   for i, a in enumerate(inputs)])
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradgradcheck: fn must return a Tensor, got {type(out).__name__}")
+    rng = np.random.default_rng(1)
+    if grad_outputs is None:
+        u = Tensor._make(out._bk.asarray(rng.standard_normal(out.shape)), out._bk,
+                         requires_grad=True)
+    else:
+        u = grad_outputs if isinstance(grad_outputs, Tensor) else Tensor(grad_outputs)
+        if u.shape != out.shape:
+            raise ValueError(f"gradgradcheck: grad_outputs has shape {u.shape}, fn's output "
+                             f"{out.shape}")
+    directions = [out._bk.asarray(rng.standard_normal(inputs[i].shape)) for i in checked]
+
+    def first_derivatives(*args):
+        *xs, u_ = args
+        with enable_grad():  # gradcheck evaluates this under no_grad: the inner grad needs one
+            y = fn(*xs)
+            if not y.requires_grad:
+                return (u_ * 0).sum()
+            gs = autograd.grad(y, [xs[i] for i in checked], u_, create_graph=True,
+                               allow_unused=True)
+            terms = [(g * r).sum() for g, r in zip(gs, directions) if g is not None]
+        if not terms:
+            return (u_ * 0).sum()
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
+
+    return gradcheck(first_derivatives, inputs + (u,), eps=eps, atol=atol, rtol=rtol)

@@ -20,16 +20,18 @@ class _State:
     """One combination of the modes. States are immutable and shared; switching a mode sets the
     context variable to another state, so reading the modes is one ContextVar.get (the hot path:
     every op reads them)."""
-    __slots__ = ("enabled", "anomaly")
+    __slots__ = ("enabled", "anomaly", "forward")
 
-    def __init__(self, enabled, anomaly):
+    def __init__(self, enabled, anomaly, forward):
         self.enabled = enabled    # record graphs (off under no_grad)
         self.anomaly = anomaly    # check every op's output and gradients for NaN/Inf
+        self.forward = forward    # carry tangents beside values (inside gg.autograd.jvp)
 
 
-_STATES = {(e, a): _State(e, a) for e in (True, False) for a in (True, False)}
+_STATES = {(e, a, f): _State(e, a, f) for e in (True, False) for a in (True, False)
+           for f in (True, False)}
 # A new thread runs in a new, empty context: it sees the default, recording on and checks off.
-_state = contextvars.ContextVar("gpugrad_modes", default=_STATES[True, False])
+_state = contextvars.ContextVar("gpugrad_modes", default=_STATES[True, False, False])
 current = _state.get  # the calling thread's _State
 
 
@@ -43,7 +45,7 @@ class _ModeView:
 
     @enabled.setter
     def enabled(self, value):
-        _state.set(_STATES[bool(value), _state.get().anomaly])
+        _set("enabled", value)
 
     @property
     def anomaly(self):
@@ -51,10 +53,20 @@ class _ModeView:
 
     @anomaly.setter
     def anomaly(self, value):
-        _state.set(_STATES[_state.get().enabled, bool(value)])
+        _set("anomaly", value)
 
 
 grad_mode = _ModeView()
+
+
+def _set(attr, value):
+    """Set one of this thread's modes, keeping the others."""
+    now = _state.get()
+    modes = {"enabled": now.enabled, "anomaly": now.anomaly, "forward": now.forward}
+    modes[attr] = bool(value)
+    # an explicit key: tuple(generator) would resize its tuple, which feeds CPython's tuple free
+    # list a block per call until it is full (seen as growth by the memory tests)
+    _state.set(_STATES[modes["enabled"], modes["anomaly"], modes["forward"]])
 
 
 def is_grad_enabled():
@@ -82,10 +94,8 @@ class _ModeSwitch:
         return saved
 
     def __enter__(self):
-        now = _state.get()
-        self._saved().append(now)
-        modes = {"enabled": now.enabled, "anomaly": now.anomaly, self.attr: self.value}
-        _state.set(_STATES[modes["enabled"], modes["anomaly"]])
+        self._saved().append(_state.get())
+        _set(self.attr, self.value)
         return self
 
     def __exit__(self, *exc):
@@ -139,3 +149,8 @@ class enable_grad(_ModeSwitch):
     """Context manager (and decorator) that turns graph recording back on inside a no_grad
     block, in this thread."""
     attr, value = "enabled", True
+
+
+class forward_ad(_ModeSwitch):
+    """Inside gg.autograd.jvp: every op carries its output's tangent beside the value."""
+    attr, value = "forward", True

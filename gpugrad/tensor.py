@@ -44,6 +44,9 @@ class Function:
     # (a silently wrong gradient otherwise); raw NumPy/CuPy operands in these positions are
     # copied, so the caller may reuse its buffer.
     saved = ()
+    # Forward mode (gg.autograd.jvp): `jvp(*tangents) -> the output's tangent`, one tangent per
+    # input (None for an input that has none: zero), arrays in, array out, beside backward.
+    jvp = None
     clock = None         # the in-place write clock when the forward ran (ops with saved values)
     _saves_inputs = _saves_output = False
 
@@ -113,6 +116,8 @@ class Function:
         if mode.anomaly:
             from .anomaly import check_forward
             check_forward(fn, arrays, out)
+        if mode.forward:  # inside gg.autograd.jvp: the tangent rides beside the value
+            _carry_tangent(fn, args, t, recording)
         if recording and dtype.kind == "f":
             fn.next, fn.needs = edges, needs
             fn.seq = next(_sequence)
@@ -229,6 +234,29 @@ def _check_saved(fn):
                 f"Compute it again after the write, or write to a copy instead.")
 
 
+def _carry_tangent(fn, args, out, recording):
+    """Forward mode, the lecture's (v, w) pairs: out's tangent from its inputs' tangents by the
+    op's own rule. Inputs without a tangent pass None (a zero tangent); an output that depends
+    on no tangent gets none."""
+    tangents = [getattr(a, "_tan", None) if isinstance(a, Tensor) else None for a in args]
+    data = out.data
+    if data.dtype.kind != "f" or all(tan is None for tan in tangents):
+        return
+    if fn.jvp is None:
+        raise NotImplementedError(f"jvp: '{fn.name}' has no forward-mode rule (define "
+                                  f"Function.jvp beside its backward)")
+    tan = fn.jvp(*tangents)
+    if isinstance(tan, np.generic):
+        tan = np.asarray(tan)
+    if tan.shape != data.shape:  # a rule may leave broadcasting to here (x + b, tangent of b)
+        tan = fn.bk.xp.broadcast_to(tan, data.shape)
+    if tan.dtype != data.dtype:
+        tan = tan.astype(data.dtype)
+    out._tan = tan
+    if recording and type(fn)._saves_output:  # for the output a differentiated backward reads
+        fn.out_tan = tan
+
+
 def _edge(a):
     """Where input `a`'s gradient goes: the Function that made it, the leaf itself, or nowhere."""
     if isinstance(a, Tensor) and a._rg:
@@ -257,7 +285,10 @@ def _constant(value, bk, op):
 class Tensor:
     """An n-dimensional array on a device, optionally recording the graph that produced it."""
 
-    __slots__ = ("data", "grad", "_rg", "_ctx", "_bk", "name", "_version", "__weakref__")
+    # _tan: the tangent carried in forward mode (gg.autograd.jvp); unset otherwise, read only
+    # with getattr(t, "_tan", None) so the ordinary path never touches it
+    __slots__ = ("data", "grad", "_rg", "_ctx", "_bk", "name", "_version", "_tan",
+                 "__weakref__")
     __array_ufunc__ = None  # make `ndarray + Tensor` defer to Tensor.__radd__
     __hash__ = object.__hash__  # identity hash: == is elementwise
 
@@ -368,6 +399,9 @@ class Tensor:
         if bk is self._bk:
             return self
         out = Tensor._make(bk.asarray(self._bk.to_numpy(self.data)), bk)
+        tan = getattr(self, "_tan", None)
+        if tan is not None and _modes().forward:
+            out._tan = bk.asarray(self._bk.to_numpy(tan))
         if self._rg and grad_mode.enabled:
             fn = ToDevice(source=self._bk, target=bk)
             fn.next, fn.needs, fn.seq = (_edge(self),), (True,), next(_sequence)
@@ -395,33 +429,30 @@ class Tensor:
         self.requires_grad = flag
         return self
 
-    def backward(self, grad=None, retain_graph=False):
-        """Backpropagate from this tensor: accumulate d(self)/d(leaf) into every leaf's .grad."""
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
+        """Backpropagate from this tensor: accumulate d(self)/d(leaf) into every leaf's .grad.
+
+        create_graph=True records the backward pass itself as a graph, so the .grad it leaves
+        can be differentiated again (to any order). retain_graph defaults to create_graph."""
         if not self._rg:
             raise RuntimeError("backward: this tensor does not require grad and has no graph "
                                "(did an input have requires_grad=True? was it made under no_grad?)")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward: grad can be omitted only for a one-element output; "
-                                   f"this output has shape {self.shape}")
-            g = self._bk.xp.ones_like(self.data)
-        else:
-            if not isinstance(grad, Tensor) and not (
-                    type(grad) in _PY_SCALARS or isinstance(grad, (list, tuple, np.generic))
-                    or _backend.backend_for_array(grad) is not None):
-                raise TypeError(f"backward: grad must be a Tensor, an array or numbers, got "
-                                f"{type(grad).__name__}")
-            g = grad.data if isinstance(grad, Tensor) else self._bk.asarray(grad)
-            if g.dtype.kind not in "biuf":
-                raise TypeError(f"backward: grad must be numeric, got dtype {g.dtype}")
-            if isinstance(grad, Tensor) and grad._bk is not self._bk:
-                raise DeviceError(f"backward: grad is on '{grad.device}', output on "
-                                  f"'{self.device}'")
-            if g.shape != self.data.shape:
-                raise ShapeError(f"backward: grad has shape {g.shape}, output has shape "
-                                 f"{self.shape}")
-            g = g.astype(self.data.dtype, copy=False)
-        run_backward(self, g, retain_graph)
+        seed = _seed(self, grad, "backward")
+        run_backward(self, seed, create_graph if retain_graph is None else retain_graph,
+                     create_graph)
+
+    def swapaxes(self, a, b):
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return ops.transpose(self, tuple(axes))
+
+    def any(self, axis=None):
+        """Whether any element is nonzero (a bool tensor, no graph), as NumPy's any."""
+        return Tensor._make(self._bk.xp.asarray(self.data.any(axis)), self._bk)
+
+    def all(self, axis=None):
+        """Whether every element is nonzero (a bool tensor, no graph), as NumPy's all."""
+        return Tensor._make(self._bk.xp.asarray(self.data.all(axis)), self._bk)
 
     # -- differentiable ops as methods and operators (defined once, in gpugrad.ops) ----------
     def __add__(self, other): return Add.apply(self, other)
@@ -503,47 +534,111 @@ class ToDevice(Function):
     """Copy between devices; the gradient is copied back to the source device."""
 
     def backward(self, upstream):
+        if isinstance(upstream, Tensor):  # a differentiated backward: the copy is an op too
+            return (upstream.to(self.source.name),)
         return (self.source.asarray(self.target.to_numpy(upstream)),)
 
 
 # -- backward ----------------------------------------------------------------------------------
 
-def run_backward(root, seed, retain_graph=False):
-    """Reverse-mode sweep from `root` with upstream gradient `seed` (a backend array).
+def _seed(out, grad, op):
+    """The upstream gradient that starts a backward from `out`: ones for a one-element output
+    when `grad` is None, else `grad` checked (numeric, same device and shape) and in out's dtype.
+    A Tensor stays a Tensor (a differentiated backward may differentiate with respect to it);
+    anything else becomes an array."""
+    if grad is None:
+        if out.data.size != 1:
+            raise RuntimeError(f"{op}: grad can be omitted only for a one-element output; "
+                               f"this output has shape {out.shape}")
+        return out._bk.xp.ones_like(out.data)
+    if not isinstance(grad, Tensor) and not (
+            type(grad) in _PY_SCALARS or isinstance(grad, (list, tuple, np.generic))
+            or _backend.backend_for_array(grad) is not None):
+        raise TypeError(f"{op}: grad must be a Tensor, an array or numbers, got "
+                        f"{type(grad).__name__}")
+    g = grad.data if isinstance(grad, Tensor) else out._bk.asarray(grad)
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: grad must be numeric, got dtype {g.dtype}")
+    if isinstance(grad, Tensor) and grad._bk is not out._bk:
+        raise DeviceError(f"{op}: grad is on '{grad.device}', output on '{out.device}'")
+    if g.shape != out.data.shape:
+        raise ShapeError(f"{op}: grad has shape {g.shape}, output has shape {out.shape}")
+    if isinstance(grad, Tensor):
+        return grad if grad.dtype == out.dtype else grad.astype(out.dtype)
+    return g.astype(out.data.dtype, copy=False)
+
+
+def run_backward(root, seed, retain_graph=False, create_graph=False):
+    """Reverse-mode sweep from `root` with upstream gradient `seed`, into the leaves' .grad.
 
     All or nothing: leaf gradients are collected first and written only once every op's backward
     has succeeded, and the graph is freed (without retain_graph) only then. An exception part way
     (a failing op, a stale saved value, KeyboardInterrupt, MemoryError) leaves every .grad and the
     graph as they were, so the same backward() can simply be called again."""
-    if root._ctx is None:
-        _commit({id(root): [root, seed]}, seed)
-        return
-    order = _topological_order(root._ctx)
-    leaves = {}  # id(leaf) -> [leaf, summed gradient]
-    ready = _hooks.session(order) if _hooks.watched else None  # GRAD-READY HOOK (hooks.py)
+    tensors = create_graph or _modes().forward
+    if tensors and _hooks.watched:
+        raise RuntimeError("backward(create_graph=True) (or inside gg.autograd.jvp) is not "
+                           "supported while gradient hooks are installed (DataParallel); use "
+                           "gg.autograd.grad, which leaves .grad alone")
+    if not tensors and isinstance(seed, Tensor):
+        seed = seed.data
+    order, leaves, _ = sweep(((root, seed),), tensors, create_graph, hooks=True)
+    if tensors:
+        _commit_tensors(leaves)
+    else:
+        _commit(leaves, seed)
+    if not retain_graph:
+        release(order)
+
+
+def sweep(roots, tensors=False, create_graph=False, wanted=(), hooks=False):
+    """The reverse walk from `roots`, pairs (output tensor, its upstream gradient): every
+    Function's backward once, in reverse topological order, gradients summed at fan-out.
+
+    Returns (order, leaves, reached): `leaves` maps id(leaf) -> [leaf, its summed gradient];
+    `reached` maps id(fn) -> the whole gradient that arrived at fn, for each id in `wanted`
+    (gradients with respect to non-leaf tensors, for gg.autograd.grad).
+
+    tensors=False (the ordinary backward): every backward runs on arrays. tensors=True: every
+    backward runs on Tensors through gpugrad's own ops (see _differentiable), so it is recorded
+    as a graph when create_graph, and carries tangents in forward mode."""
+    if tensors and _tracer is not None:
+        raise RuntimeError("Executor: a step cannot differentiate its own backward "
+                           "(create_graph, gg.autograd inside the loss); run it eagerly")
+    leaves, reached = {}, {}
+    roots = [(out, Tensor._make(seed, out._bk) if tensors and not isinstance(seed, Tensor)
+              else seed) for out, seed in roots]
+    order = _topological_order([out._ctx for out, _ in roots if out._ctx is not None])
+    for out, seed in roots:
+        fn = out._ctx
+        if fn is None:  # the output is a leaf itself
+            _add(leaves, out, seed)
+        else:
+            fn.g = seed if fn.g is None else fn.g + seed
+    ready = _hooks.session(order) if hooks and _hooks.watched else None  # GRAD-READY HOOK
     anomaly = grad_mode.anomaly
-    root._ctx.g = seed
+    switch = (enable_grad() if create_graph else no_grad()) if tensors else None
+    if switch is not None:
+        switch.__enter__()
     try:
         for fn in order:
             upstream = fn.g
             if upstream is None:
                 continue
             fn.g = None
+            if wanted and id(fn) in wanted:
+                reached[id(fn)] = upstream
             if fn.clock is not None and fn.clock != _clock_now[0]:  # a write since forward
                 _check_saved(fn)
-            grads = fn.backward(upstream)
+            grads = (_differentiable(fn) if tensors else fn).backward(upstream)
             if anomaly:
                 from .anomaly import check_backward
-                check_backward(fn, upstream, grads)
+                check_backward(fn, _data(upstream), [_data(g) for g in grads])
             for edge, g in zip(fn.next, grads):
                 if edge is None or g is None:
                     continue
                 if isinstance(edge, Tensor):
-                    entry = leaves.get(id(edge))
-                    if entry is None:
-                        entry = leaves[id(edge)] = [edge, g]
-                    else:
-                        entry[1] = entry[1] + g  # out of place: g may be shared
+                    entry = _add(leaves, edge, g)
                     if ready is not None:  # GRAD-READY HOOK: fires on the leaf's last edge
                         ready(entry)
                 elif edge.g is None:
@@ -556,12 +651,79 @@ def run_backward(root, seed, retain_graph=False):
         if ready is not None:  # GRAD-READY HOOK
             ready.abort()
         raise
+    finally:
+        if switch is not None:
+            switch.__exit__(None, None, None)
     if ready is not None:  # GRAD-READY HOOK: watchers may wait for and replace gradients
         ready.finish(leaves)
-    _commit(leaves, seed)
-    if not retain_graph:
-        for fn in order:
-            fn.release()
+    return order, leaves, reached
+
+
+def _add(leaves, leaf, g):
+    """Sum g into the leaf's entry (out of place: g may be shared)."""
+    entry = leaves.get(id(leaf))
+    if entry is None:
+        entry = leaves[id(leaf)] = [leaf, g]
+    else:
+        entry[1] = entry[1] + g
+    return entry
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def release(order):
+    """Free the saved values of a walked graph (backward without retain_graph)."""
+    for fn in order:
+        fn.release()
+
+
+def _differentiable(fn):
+    """fn as its backward must see it to be differentiated again: a copy whose saved inputs and
+    output are the graph's Tensors instead of their arrays, and whose `bk` (the namespace every
+    backward is written against: `self.bk`, `self.bk.xp`) is gpugrad's differentiable ops
+    (ops/differentiable.py). The op's backward is the same code either way.
+
+    What a backward may read, then: its saved inputs (stored as forward received them), its
+    output as `self.out`, and values whose derivative is zero (shapes, masks, a max's winners),
+    which stay arrays."""
+    twin = _new(type(fn))
+    d = twin.__dict__
+    d.update(fn.__dict__)
+    cls = type(fn)
+    if cls._saves_inputs:
+        for i in cls.saved:
+            x = fn.inputs[i] if i != OUT else None
+            if isinstance(x, Tensor):
+                for k, v in d.items():
+                    if v is x.data:
+                        d[k] = x
+    if cls._saves_output:
+        out = Tensor._make(fn.out, fn.bk, True)
+        out._ctx, out._version = fn, fn.out_version
+        if "out_tan" in d:
+            out._tan = d["out_tan"]
+        d["out"] = out
+    if "bk" in d:
+        d["bk"] = differentiable_ops(fn.bk)
+    return twin
+
+
+def _commit_tensors(leaves):
+    """leaf.grad += g for gradients that are Tensors (create_graph: they carry the graph of the
+    backward, so .grad can be differentiated). All computed before any is assigned; a new .grad
+    never shares memory with another's (a differentiable copy where it would)."""
+    handed_out, new = set(), []
+    for leaf, g in leaves.values():
+        if not isinstance(g, Tensor):  # a leaf that is its own root, seeded with an array
+            g = Tensor._make(g, leaf._bk)
+        if g.dtype != leaf.data.dtype or g.data.base is not None or id(g.data) in handed_out:
+            g = g.astype(leaf.data.dtype)  # a Cast: copies, and is differentiable
+        handed_out.add(id(g.data))
+        new.append((leaf, g if leaf.grad is None else leaf.grad + g))
+    for leaf, g in new:  # nothing below can fail
+        leaf.grad = g
 
 
 def _commit(leaves, seed):
@@ -586,16 +748,19 @@ def _commit(leaves, seed):
             leaf.grad.data = summed
 
 
-def _topological_order(root):
-    """Functions reachable from `root`, outputs before the ops that made their inputs.
+def _topological_order(roots):
+    """Functions reachable from `roots` (one Function or a list), outputs before the ops that
+    made their inputs.
 
     Each Function got a creation sequence number, and an op is always created after the ops that
     made its inputs, so sorting the reachable set by that number, newest first, is a reverse
     topological order: no recursion, no per-node bookkeeping beyond a `seen` set.
     """
-    if root.freed:
-        raise _freed_error()
-    seen, stack = {root}, [root]
+    roots = [roots] if isinstance(roots, Function) else roots
+    for root in roots:
+        if root.freed:
+            raise _freed_error()
+    seen, stack = set(roots), list(roots)
     while stack:
         for e in stack.pop().next:
             if e is not None and e not in seen and not isinstance(e, Tensor):
@@ -619,5 +784,6 @@ def _freed_error():
 from .creation import (_dtype, ones, ones_like, rand, randn, tensor, zeros,  # noqa: E402,F401
                        zeros_like)
 from . import ops  # noqa: E402
+from .ops.differentiable import differentiable_ops  # noqa: E402
 from .ops.arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub  # noqa: E402
 from .ops.elementwise import Abs, Cos, Exp, Log, ReLU, Sigmoid, Sin, Sqrt, Tanh  # noqa: E402

@@ -57,6 +57,16 @@ class Backend:
         """target[index] += values, accumulating repeated indices (the backward of t[index])."""
         raise NotImplementedError
 
+    def scatter(self, values, index, shape, accumulate):
+        """An array of zeros of `shape` with `values` written at `index` (added, accumulating
+        repeated indices, where `accumulate`): the backward of t[index]."""
+        out = self.xp.zeros(shape, values.dtype)
+        if accumulate:
+            self.index_add(out, index, values)
+        else:
+            out[index] = values
+        return out
+
     # fused primitives: CUDA kernels on CuPy, NumPy twins with the same formulas on the CPU
     def sigmoid_forward(self, x, out=None):
         """1 / (1 + exp(-x)), into `out` when given (which may be x itself)."""

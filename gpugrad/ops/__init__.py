@@ -11,11 +11,14 @@ from ..tensor import Tensor, tensor
 from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub, sum_to
 from .elementwise import Abs, Cos, Exp, Log, ReLU, Sigmoid, Sin, Sqrt, Tanh
 from .loss import CrossEntropy, LogSoftmax, MSELoss, Softmax
-from .reduce_shape import Cast, GetItem, Max, Mean, Reshape, Sum, Transpose
+from .reduce_shape import (BroadcastTo, Cast, GetItem, Max, Mean, Reshape, Stack, Sum,
+                           Transpose)
+from .differentiable import where
 
 __all__ = ["add", "sub", "mul", "div", "pow", "neg", "matmul", "sum", "mean", "max", "reshape",
            "transpose", "getitem", "astype", "exp", "log", "sin", "cos", "tanh", "sqrt", "abs",
-           "sigmoid", "relu", "softmax", "log_softmax", "cross_entropy", "mse_loss", "sum_to"]
+           "sigmoid", "relu", "softmax", "log_softmax", "cross_entropy", "mse_loss", "sum_to",
+           "where", "broadcast_to", "stack"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -67,6 +70,23 @@ def reshape(x, *shape):
     if not builtins.all(isinstance(s, (int, np.integer)) for s in shape):
         raise TypeError(f"reshape: shape must be ints, got {shape!r}")
     return Reshape.apply(_t(x), shape=shape)
+
+
+def broadcast_to(x, shape):
+    """x repeated to `shape` by NumPy's broadcasting rules (a view; differentiable)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return BroadcastTo.apply(_t(x), shape=shape)
+
+
+def stack(tensors, axis=0):
+    """Tensors of one shape stacked along a new axis (differentiable)."""
+    tensors = [_t(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    ndim = tensors[0].ndim
+    if not isinstance(axis, (int, np.integer)) or not -(ndim + 1) <= axis <= ndim:
+        raise ShapeError(f"stack: axis {axis!r} is out of range for {ndim}-d inputs")
+    return Stack.apply(*tensors, axis=int(axis) % (ndim + 1))
 
 
 def transpose(x, *axes):

@@ -1,7 +1,12 @@
-"""Binary arithmetic and matmul. Each op: forward, then backward = upstream * local gradient.
+"""Binary arithmetic, where and matmul. Each op: forward, then backward = upstream * local
+gradient, then the forward-mode rule jvp = local gradient * tangent (the same local gradients).
 
 NumPy broadcasting applies to every binary op; `sum_to` sums the upstream gradient back to each
-input's shape, the one place that knows how broadcasting is undone.
+input's shape, the one place that knows how broadcasting is undone (a tangent needs no undoing:
+Function.apply broadcasts it to the output's shape).
+
+Every backward is written against `self.bk` / `self.bk.xp` and the operators, so the same code
+runs on arrays (the ordinary backward) and on Tensors (create_graph; see tensor._differentiable).
 """
 import numpy as np
 
@@ -30,6 +35,11 @@ def sum_to(g, shape):
     return np.asarray(g) if isinstance(g, np.generic) else g  # NumPy sums to scalars
 
 
+def plus(x, y):
+    """x + y where None is a zero (an input without a tangent)."""
+    return y if x is None else x if y is None else x + y
+
+
 def broadcast_error(fn, a, b):
     return ShapeError(f"{fn.name}: shapes {shape_of(a)} and {shape_of(b)} cannot be broadcast "
                       f"together")
@@ -48,6 +58,9 @@ class Add(Function):
         return (sum_to(upstream, self.sa) if self.needs[0] else None,
                 sum_to(upstream, self.sb) if self.needs[1] else None)
 
+    def jvp(self, ta, tb):
+        return plus(ta, tb)
+
 
 class Sub(Function):
     def forward(self, a, b):
@@ -61,6 +74,9 @@ class Sub(Function):
         # local gradients are 1 and -1
         return (sum_to(upstream, self.sa) if self.needs[0] else None,
                 sum_to(-upstream, self.sb) if self.needs[1] else None)
+
+    def jvp(self, ta, tb):
+        return plus(ta, None if tb is None else -tb)
 
 
 class Mul(Function):
@@ -78,6 +94,9 @@ class Mul(Function):
         a, b, needs = self.a, self.b, self.needs
         return (sum_to(upstream * b, shape_of(a)) if needs[0] else None,
                 sum_to(upstream * a, shape_of(b)) if needs[1] else None)
+
+    def jvp(self, ta, tb):
+        return plus(None if ta is None else ta * self.b, None if tb is None else self.a * tb)
 
 
 class Div(Function):
@@ -99,6 +118,10 @@ class Div(Function):
         return (ga if ga is None else sum_to(ga, shape_of(a)),
                 gb if gb is None else sum_to(gb, shape_of(b)))
 
+    def jvp(self, ta, tb):
+        return plus(None if ta is None else ta / self.b,
+                    None if tb is None else -(tb * self.out) / self.b)
+
 
 class Pow(Function):
     saved = (0, 1, OUT)
@@ -115,28 +138,56 @@ class Pow(Function):
             raise ValueError(f"pow: {e}") from None  # NumPy's: integers to negative powers
         return self.out
 
-    def backward(self, upstream):
-        # d(a^p)/da = p a^(p-1), d(a^p)/dp = a^p ln(a). At the edges PyTorch's values: where
-        # p == 0 the first is 0 (not 0 * 0^-1 = NaN at a = 0); where a == 0 and p >= 0 the
-        # second is 0 (not 0 * ln 0 = NaN).
+    # d(a^p)/da = p a^(p-1), d(a^p)/dp = a^p ln(a). At the edges PyTorch's values: where
+    # p == 0 the first is 0 (not 0 * 0^-1 = NaN at a = 0); where a == 0 and p >= 0 the
+    # second is 0 (not 0 * ln 0 = NaN). The masks are constants: xp.asarray gives values.
+    def local_a(self):
         a, p, xp = self.a, self.p, self.bk.xp
-        ga = gp = None
-        if self.needs[0]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                local = p * a ** (p - 1)
-            local = xp.where(xp.asarray(p) == 0, 0, local) if _any(p == 0) else local
-            ga = sum_to(upstream * local, shape_of(a))
-        if self.needs[1]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                local = self.out * xp.log(a)
-            edge = (xp.asarray(a) == 0) & (xp.asarray(p) >= 0)
-            local = xp.where(edge, 0, local) if _any(edge) else local
-            gp = sum_to(upstream * local, shape_of(p))
-        return ga, gp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            local = p * a ** (p - 1)
+        zero = xp.asarray(p) == 0
+        return xp.where(zero, 0, local) if _any(zero) else local
+
+    def local_p(self):
+        a, p, xp = self.a, self.p, self.bk.xp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            local = self.out * xp.log(a)
+        edge = (xp.asarray(a) == 0) & (xp.asarray(p) >= 0)
+        return xp.where(edge, 0, local) if _any(edge) else local
+
+    def backward(self, upstream):
+        return (sum_to(upstream * self.local_a(), shape_of(self.a)) if self.needs[0] else None,
+                sum_to(upstream * self.local_p(), shape_of(self.p)) if self.needs[1] else None)
+
+    def jvp(self, ta, tp):
+        return plus(None if ta is None else ta * self.local_a(),
+                    None if tp is None else tp * self.local_p())
 
 
 def _any(mask):
     return bool(mask) if isinstance(mask, (bool, np.bool_)) else bool(mask.any())
+
+
+class Where(Function):
+    """where(cond, a, b): a where cond holds, else b. cond is a constant (a parameter); the
+    gradient goes to a where cond holds and to b elsewhere."""
+
+    def forward(self, a, b):
+        self.sa, self.sb = shape_of(a), shape_of(b)
+        try:
+            return self.bk.xp.where(self.cond, a, b)
+        except ValueError:
+            raise ShapeError(f"where: shapes {shape_of(self.cond)}, {self.sa} and {self.sb} "
+                             f"cannot be broadcast together") from None
+
+    def backward(self, upstream):
+        xp, cond = self.bk.xp, self.cond
+        return (sum_to(xp.where(cond, upstream, 0), self.sa) if self.needs[0] else None,
+                sum_to(xp.where(cond, 0, upstream), self.sb) if self.needs[1] else None)
+
+    def jvp(self, ta, tb):
+        xp = self.bk.xp
+        return xp.where(self.cond, 0 if ta is None else ta, 0 if tb is None else tb)
 
 
 class Neg(Function):
@@ -145,6 +196,9 @@ class Neg(Function):
 
     def backward(self, upstream):
         return (-upstream,)
+
+    def jvp(self, t):
+        return -t
 
 
 class MatMul(Function):
@@ -187,3 +241,8 @@ class MatMul(Function):
             gb = sum_to(gb, b2.shape)
             gb = gb.reshape(b.shape) if b.ndim == 1 else gb
         return ga, gb
+
+    def jvp(self, ta, tb):
+        # d(ab) = da b + a db (matmul's own rules handle 1-D operands and batches)
+        mm = self.bk.matmul
+        return plus(None if ta is None else mm(ta, self.b), None if tb is None else mm(self.a, tb))

@@ -2,11 +2,21 @@
 
 Where the local gradient is a function of the output (exp, tanh, sqrt, sigmoid), the output is what
 is stored: the lecture's "store the intermediate outputs", and no overflow from recomputing exp.
+
+An elementwise op's Jacobian is diagonal, so it is its own transpose: the forward-mode rule (the
+tangent times the local gradient) is the backward itself, applied to the tangent.
 """
 from ..tensor import OUT, Function
 
 
-class Exp(Function):
+class Elementwise(Function):
+    """A one-input op whose output element i depends on input element i only."""
+
+    def jvp(self, t):
+        return self.backward(t)[0]  # J is diagonal: J t = J^T t
+
+
+class Exp(Elementwise):
     saved = (OUT,)
 
     def forward(self, a):
@@ -17,7 +27,7 @@ class Exp(Function):
         return (upstream * self.out,)  # d exp(a) = exp(a)
 
 
-class Log(Function):
+class Log(Elementwise):
     saved = (0,)
 
     def forward(self, a):
@@ -28,7 +38,7 @@ class Log(Function):
         return (upstream / self.a,)  # d ln(a) = 1/a
 
 
-class Sin(Function):
+class Sin(Elementwise):
     saved = (0,)
 
     def forward(self, a):
@@ -39,7 +49,7 @@ class Sin(Function):
         return (upstream * self.bk.xp.cos(self.a),)
 
 
-class Cos(Function):
+class Cos(Elementwise):
     saved = (0,)
 
     def forward(self, a):
@@ -50,7 +60,7 @@ class Cos(Function):
         return (-(upstream * self.bk.xp.sin(self.a)),)
 
 
-class Tanh(Function):
+class Tanh(Elementwise):
     saved = (OUT,)
 
     def forward(self, a):
@@ -61,7 +71,7 @@ class Tanh(Function):
         return (upstream * (1 - self.out * self.out),)  # d tanh = 1 - tanh^2
 
 
-class Sqrt(Function):
+class Sqrt(Elementwise):
     saved = (OUT,)
 
     def forward(self, a):
@@ -72,7 +82,7 @@ class Sqrt(Function):
         return (upstream / (2 * self.out),)  # d sqrt(a) = 1 / (2 sqrt(a))
 
 
-class Abs(Function):
+class Abs(Elementwise):
     saved = (0,)
 
     def forward(self, a):
@@ -83,7 +93,7 @@ class Abs(Function):
         return (upstream * self.bk.xp.sign(self.a),)  # subgradient 0 at 0, as PyTorch
 
 
-class Sigmoid(Function):
+class Sigmoid(Elementwise):
     """sigma(a) = 1/(1+e^-a); local gradient sigma(1-sigma) from the stored output.
     On CUDA both directions are the fused kernels in kernels/sigmoid.cu."""
     saved = (OUT,)
@@ -96,7 +106,7 @@ class Sigmoid(Function):
         return (self.bk.sigmoid_backward(self.out, upstream),)
 
 
-class ReLU(Function):
+class ReLU(Elementwise):
     def forward(self, a):
         self.mask = a > 0
         return self.bk.xp.maximum(a, 0)

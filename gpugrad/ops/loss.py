@@ -5,6 +5,7 @@ backward the local gradient `softmax(x) - onehot`, scaled by the upstream gradie
 the backend's fused primitive (a CUDA kernel on the GPU, its NumPy twin on the CPU).
 """
 from ..tensor import OUT, Function
+from .arithmetic import plus
 from .reduce_shape import normalize_axis
 
 
@@ -31,6 +32,9 @@ class Softmax(Function):
         s = self.out
         return (s * (upstream - (upstream * s).sum(axis=self.ax, keepdims=True)),)
 
+    def jvp(self, t):
+        return self.backward(t)[0]  # softmax's Jacobian diag(s) - s s^T is symmetric
+
 
 class LogSoftmax(Function):
     saved = (OUT,)
@@ -48,6 +52,10 @@ class LogSoftmax(Function):
     def backward(self, upstream):
         # d log_softmax: g - softmax * sum(g)
         return (upstream - self.bk.xp.exp(self.out) * upstream.sum(axis=self.ax, keepdims=True),)
+
+    def jvp(self, t):
+        # J = I - 1 softmax^T: the tangent minus its softmax-weighted mean
+        return t - (self.bk.xp.exp(self.out) * t).sum(axis=self.ax, keepdims=True)
 
 
 class CrossEntropy(Function):
@@ -68,19 +76,35 @@ class CrossEntropy(Function):
                                                 want_loss=False, check=False)
         return (grad,)
 
+    def jvp(self, t):
+        # each row's tangent: its local gradient (softmax - onehot) dotted with the row's tangent
+        _, local = self.bk.softmax_cross_entropy(self.logits, self.labels, grad_scale=1.0,
+                                                 want_loss=False, check=False)
+        rows = (local * t).sum(axis=1)
+        return rows if self.reduction == "none" else self.bk.reduce_loss(rows, self.reduction)
+
 
 class MSELoss(Function):
     """(pred - target)^2 reduced by mean / sum / none."""
+    saved = (0, 1)
 
     def forward(self, pred, target):
-        self.diff = pred - target
-        sq = self.diff * self.diff
+        self.pred, self.target = pred, target
+        diff = pred - target
+        return self.reduce(diff * diff)
+
+    def reduce(self, sq):
         if self.reduction == "none":
             return sq
         return sq.mean() if self.reduction == "mean" else sq.sum()
 
     def backward(self, upstream):
         # d (p - t)^2 / dp = 2 (p - t), / dt = -2 (p - t)
-        scale = upstream * 2 / (self.diff.size if self.reduction == "mean" else 1)
-        g = self.diff * scale
+        diff = self.pred - self.target
+        scale = upstream * 2 / (diff.size if self.reduction == "mean" else 1)
+        g = diff * scale
         return (g if self.needs[0] else None, -g if self.needs[1] else None)
+
+    def jvp(self, tp, tt):
+        diff = self.pred - self.target
+        return self.reduce(2 * diff * plus(tp, None if tt is None else -tt))

@@ -1,7 +1,8 @@
 """Reductions (sum, mean, max) and shape ops (reshape, transpose, indexing, dtype casts).
 
 Their backward moves the upstream gradient back to the input's layout: broadcast it over the
-reduced axes, reshape it, permute it back, or scatter it into the indexed positions.
+reduced axes, reshape it, permute it back, or scatter it into the indexed positions. All but max
+are linear, so their forward-mode rule is the forward applied to the tangent.
 """
 import math
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..tensor import Function
+from .arithmetic import sum_to
 
 
 def normalize_axis(axis, ndim, op):
@@ -49,6 +51,9 @@ class Sum(Function):
         g = expand_reduced(upstream, self.in_shape, self.axes, self.keepdims)
         return (self.bk.xp.broadcast_to(g, self.in_shape),)
 
+    def jvp(self, t):
+        return t.sum(axis=self.axes, keepdims=self.keepdims)
+
 
 class Mean(Function):
     def forward(self, a):
@@ -61,6 +66,9 @@ class Mean(Function):
         # local gradient 1/count for every input element
         g = expand_reduced(upstream, self.in_shape, self.axes, self.keepdims) / self.count
         return (self.bk.xp.broadcast_to(g, self.in_shape),)
+
+    def jvp(self, t):
+        return t.mean(axis=self.axes, keepdims=self.keepdims)
 
 
 class Max(Function):
@@ -83,6 +91,11 @@ class Max(Function):
         ties = self.winners.sum(axis=self.axes, keepdims=True)
         return (self.winners * (g / ties),)
 
+    def jvp(self, t):
+        # the mean tangent of the tied maxima (the transpose of backward's even split)
+        ties = self.winners.sum(axis=self.axes, keepdims=self.keepdims)
+        return (self.winners * t).sum(axis=self.axes, keepdims=self.keepdims) / ties
+
 
 class Reshape(Function):
     def forward(self, a):
@@ -96,6 +109,9 @@ class Reshape(Function):
     def backward(self, upstream):
         return (upstream.reshape(self.in_shape),)
 
+    def jvp(self, t):
+        return t.reshape(self.shape)
+
 
 class Transpose(Function):
     def forward(self, a):
@@ -108,7 +124,10 @@ class Transpose(Function):
         return a.transpose(self.axes)
 
     def backward(self, upstream):
-        return (upstream.transpose(np.argsort(self.axes)),)  # the inverse permutation
+        return (upstream.transpose(tuple(int(i) for i in np.argsort(self.axes))),)  # inverse
+
+    def jvp(self, t):
+        return t.transpose(self.axes)
 
 
 class GetItem(Function):
@@ -124,12 +143,65 @@ class GetItem(Function):
                              f"({e})") from None
 
     def backward(self, upstream):
-        g = self.bk.xp.zeros(self.in_shape, self.dtype)
-        if self.repeats:
-            self.bk.index_add(g, self.index, upstream)
-        else:
-            g[self.index] = upstream
-        return (g,)
+        return (self.bk.scatter(upstream, self.index, self.in_shape, self.repeats),)
+
+    def jvp(self, t):
+        return t[self.index]
+
+
+class Scatter(Function):
+    """zeros(shape) with the input written at `index` (added, where `accumulate`: an integer
+    index may repeat): getitem's backward, as an op so that it can be differentiated."""
+
+    def forward(self, g):
+        return self.bk.scatter(g, self.index, self.shape, self.accumulate)
+
+    def backward(self, upstream):
+        return (upstream[self.index],)
+
+    def jvp(self, t):
+        return self.bk.scatter(t, self.index, self.shape, self.accumulate)
+
+
+class BroadcastTo(Function):
+    """x repeated along new leading axes and its size-1 axes (NumPy's broadcast_to); the
+    gradient sums back (sum_to)."""
+
+    def forward(self, a):
+        self.in_shape = a.shape
+        try:
+            return self.bk.xp.broadcast_to(a, self.shape)
+        except ValueError:
+            raise ShapeError(f"broadcast_to: shape {a.shape} cannot be broadcast to "
+                             f"{self.shape}") from None
+
+    def backward(self, upstream):
+        return (sum_to(upstream, self.in_shape),)
+
+    def jvp(self, t):
+        return self.bk.xp.broadcast_to(t, self.shape)
+
+
+class Stack(Function):
+    """Its inputs (one shape) stacked along a new axis; the gradient is sliced back."""
+
+    def forward(self, *arrays):
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ShapeError(f"stack: all inputs must have one shape, got {sorted(shapes)}")
+        return self.bk.xp.stack(arrays, axis=self.axis)
+
+    def backward(self, upstream):
+        n = upstream.shape[self.axis]
+        index = (slice(None),) * (self.axis % upstream.ndim)
+        return tuple(upstream[index + (i,)] if need else None
+                     for i, need in zip(range(n), self.needs))
+
+    def jvp(self, *tangents):
+        like = next(t for t in tangents if t is not None)
+        xp = self.bk.xp
+        return xp.stack([xp.zeros_like(like) if t is None else t for t in tangents],
+                        axis=self.axis)
 
 
 class Cast(Function):
@@ -141,3 +213,6 @@ class Cast(Function):
 
     def backward(self, upstream):
         return (upstream.astype(self.in_dtype),)
+
+    def jvp(self, t):
+        return t.astype(self.dtype)
