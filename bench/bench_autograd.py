@@ -36,18 +36,9 @@ def _problem(sizes, n, seed=0):
     return x, y, params, direction
 
 
-def _gg_mlp(gg, x):
-    def logits(*params):
-        h = x
-        for i in range(0, len(params), 2):
-            h = h @ params[i] + params[i + 1]
-            if i + 2 < len(params):
-                h = h.relu()
-        return h
-    return logits
-
-
-def _torch_mlp(torch, x):
+def _mlp(x):
+    """The MLP's logits as a function of its parameters (W1, b1, W2, b2, ...): the same code
+    for gpugrad Tensors and PyTorch tensors."""
     def logits(*params):
         h = x
         for i in range(0, len(params), 2):
@@ -67,7 +58,7 @@ def call(kind, impl, device, sizes=SIZES, n=N):
         to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
         xt, yt = to(x), to(y)
         ps, vs = tuple(map(to, params)), tuple(map(to, direction))
-        logits = _torch_mlp(torch, xt)
+        logits = _mlp(xt)
         loss = lambda *p: torch.nn.functional.cross_entropy(logits(*p), yt)  # noqa: E731
         if kind == "hvp":
             return lambda: torch.autograd.functional.hvp(loss, ps, vs)[1][0].sum().item()
@@ -79,7 +70,7 @@ def call(kind, impl, device, sizes=SIZES, n=N):
     to = lambda a: gg.tensor(a, device=device)  # noqa: E731
     xt, yt = to(x), to(y)
     ps, vs = tuple(map(to, params)), tuple(map(to, direction))
-    logits = _gg_mlp(gg, xt)
+    logits = _mlp(xt)
     loss = lambda *p: gg.cross_entropy(logits(*p), yt)  # noqa: E731
     if kind == "hvp":
         return lambda: gg.autograd.hvp(loss, ps, vs)[1][0].sum().item()
