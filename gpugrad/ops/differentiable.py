@@ -35,21 +35,19 @@ class DifferentiableOps:
     def broadcast_to(self, x, shape):
         return reduce_shape.BroadcastTo.apply(x, shape=tuple(shape))
 
-    @staticmethod
-    def exp(x):
-        return elementwise.Exp.apply(x)
+    # A backward may apply these to a constant operand too (pow's d/dp reads log(a) for a
+    # Python-number base a): a constant stays a constant, from the array module.
+    def exp(self, x):
+        return elementwise.Exp.apply(x) if isinstance(x, Tensor) else self.bk.xp.exp(x)
 
-    @staticmethod
-    def log(x):
-        return elementwise.Log.apply(x)
+    def log(self, x):
+        return elementwise.Log.apply(x) if isinstance(x, Tensor) else self.bk.xp.log(x)
 
-    @staticmethod
-    def sin(x):
-        return elementwise.Sin.apply(x)
+    def sin(self, x):
+        return elementwise.Sin.apply(x) if isinstance(x, Tensor) else self.bk.xp.sin(x)
 
-    @staticmethod
-    def cos(x):
-        return elementwise.Cos.apply(x)
+    def cos(self, x):
+        return elementwise.Cos.apply(x) if isinstance(x, Tensor) else self.bk.xp.cos(x)
 
     # -- the backend's names ------------------------------------------------------------------
     @staticmethod
