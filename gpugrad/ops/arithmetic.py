@@ -146,7 +146,11 @@ class Pow(Function):
         with np.errstate(divide="ignore", invalid="ignore"):
             local = p * a ** (p - 1)
         zero = xp.asarray(p) == 0
-        return xp.where(zero, 0, local) if _any(zero) else local
+        if not _any(zero):
+            return local
+        # a constant exponent 0: a constant local gradient (PyTorch's zeros), so its own
+        # derivative is 0 too, not 0 * 0^-2 = NaN at a = 0 through the where
+        return 0 if isinstance(p, (int, float)) else xp.where(zero, 0, local)
 
     def local_p(self):
         a, p, xp = self.a, self.p, self.bk.xp
