@@ -584,7 +584,7 @@ def run_backward(root, seed, retain_graph=False, create_graph=False):
         seed = seed.data
     order, leaves, _ = sweep(((root, seed),), tensors, create_graph, hooks=True)
     if tensors:
-        _commit_tensors(leaves)
+        _commit_tensors(leaves, seed)
     else:
         _commit(leaves, seed)
     if not retain_graph:
@@ -710,11 +710,12 @@ def _differentiable(fn):
     return twin
 
 
-def _commit_tensors(leaves):
+def _commit_tensors(leaves, seed):
     """leaf.grad += g for gradients that are Tensors (create_graph: they carry the graph of the
     backward, so .grad can be differentiated). All computed before any is assigned; a new .grad
-    never shares memory with another's (a differentiable copy where it would)."""
-    handed_out, new = set(), []
+    never shares memory with another's, nor with the seed (a differentiable copy where it
+    would)."""
+    handed_out, new = {id(_data(seed))}, []
     for leaf, g in leaves.values():
         if not isinstance(g, Tensor):  # a leaf that is its own root, seeded with an array
             g = Tensor._make(g, leaf._bk)
