@@ -693,12 +693,18 @@ def _differentiable(fn):
     d.update(fn.__dict__)
     cls = type(fn)
     if cls._saves_inputs:
+        # the Tensors whose arrays forward stored, by array; one array may stand for several
+        # Tensors (x * x.detach()): forward stores its inputs in their order (self.a, self.b =
+        # a, b), so the attributes holding that array take the Tensors in input order
+        tensors = {}
         for i in cls.saved:
             x = fn.inputs[i] if i != OUT else None
             if isinstance(x, Tensor):
-                for k, v in d.items():
-                    if v is x.data:
-                        d[k] = x
+                tensors.setdefault(id(x.data), []).append(x)
+        for k, v in d.items():
+            ts = tensors.get(id(v))
+            if ts is not None:
+                d[k] = ts.pop(0) if len(ts) > 1 else ts[0]
     if cls._saves_output:
         out = Tensor._make(fn.out, fn.bk, True)
         out._ctx, out._version = fn, fn.out_version
