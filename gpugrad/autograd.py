@@ -11,7 +11,8 @@ from .errors import DeviceError, ShapeError
 from .modes import current as _modes
 from .modes import forward_ad
 from .ops import stack
-from .tensor import Tensor, _seed, release, sweep
+from .tensor import (Tensor, _held, _seed, give_tangent, release, sweep,
+                     take_back_tangents)
 
 __all__ = ["grad", "jacobian", "hessian", "vjp", "hvp", "jvp"]
 
@@ -211,19 +212,26 @@ def jvp(fn, primals, tangents, strict=False):
     if _modes().forward:
         raise NotImplementedError("jvp: nested jvp (forward over forward) is not supported; "
                                   "differentiate a jvp by reverse mode instead")
-    xs = []
     for p, t in zip(primals, tangents):
         if p.dtype.kind != "f" or t.dtype.kind != "f":
             raise TypeError(f"jvp: primals and tangents must be floating point, got {p.dtype} "
                             f"and {t.dtype}")
-        x = Tensor._make(p.data, p._bk, p._rg)
-        x._tan = t.data.astype(p.dtype, copy=False)
-        xs.append(x)
-    with forward_ad():
-        out = fn(*xs)
-    outs, out_tuple = _as_tuple(out, "the function's output", "jvp")
-    _strict(strict, outs, "jvp", tangent=True)
-    tans = tuple(Tensor._make(_tangent(o), o._bk) for o in outs)
+    held = []  # every tangent given out below: taken back when this call returns
+    token = _held.set(held)
+    try:
+        xs = []
+        for p, t in zip(primals, tangents):
+            x = Tensor._make(p.data, p._bk, p._rg)
+            give_tangent(x, t.data.astype(p.dtype, copy=False))
+            xs.append(x)
+        with forward_ad():
+            out = fn(*xs)
+        outs, out_tuple = _as_tuple(out, "the function's output", "jvp")
+        _strict(strict, outs, "jvp", tangent=True)
+        tans = tuple(Tensor._make(_tangent(o), o._bk) for o in outs)
+    finally:
+        _held.reset(token)
+        take_back_tangents(held)
     return _shape(tuple(o.detach() for o in outs), out_tuple), _shape(tans, out_tuple)
 
 

@@ -10,8 +10,10 @@ reverse, handing each Function its upstream gradient; the Function multiplies by
 Contract that keeps gradients cheap: gradient arrays are never modified in place, by the engine or
 by the optimizers, so a backward may hand the same array to several inputs without copying.
 """
+import contextvars
 import itertools
 import operator
+import weakref
 
 import numpy as np
 
@@ -252,9 +254,50 @@ def _carry_tangent(fn, args, out, recording):
         tan = fn.bk.xp.broadcast_to(tan, data.shape)
     if tan.dtype != data.dtype:
         tan = tan.astype(data.dtype)
-    out._tan = tan
+    give_tangent(out, tan)
     if recording and type(fn)._saves_output:  # for the output a differentiated backward reads
         fn.out_tan = tan
+        _hold(fn)
+
+
+# The tangents one gg.autograd.jvp call gave out (weak references to the Tensors carrying them,
+# and to the Functions keeping one for their output): the call takes them all back when it
+# returns, so a tensor kept from it (a closure, a cache, a recorded graph) is a constant to the
+# next jvp instead of carrying a stale tangent into it.
+_held = contextvars.ContextVar("gpugrad_tangents", default=None)
+
+
+def give_tangent(t, tan):
+    """t carries tangent `tan` until the running jvp returns."""
+    t._tan = tan
+    _hold(t)
+
+
+def _hold(obj):
+    held = _held.get()
+    if held is not None:  # None: forward mode entered by hand, outside gg.autograd.jvp
+        held.append(weakref.ref(obj))
+
+
+def take_back_tangents(held):
+    """End of a jvp call: drop every tangent it gave out."""
+    for ref in held:
+        obj = ref()
+        if isinstance(obj, Tensor):
+            obj._tan = None
+        elif obj is not None:
+            obj.__dict__.pop("out_tan", None)
+
+
+def _write_tangent(t, index, value):
+    """Forward mode, t[index] = value: the value's tangent (zero for a constant) is written into
+    t's tangent at the same place."""
+    tan, vtan = getattr(t, "_tan", None), getattr(value, "_tan", None)
+    if tan is None and vtan is None:
+        return
+    new = t._bk.xp.zeros_like(t.data) if tan is None else tan.copy()
+    new[index] = 0 if vtan is None else vtan
+    give_tangent(t, new)
 
 
 def _edge(a):
@@ -401,7 +444,7 @@ class Tensor:
         out = Tensor._make(bk.asarray(self._bk.to_numpy(self.data)), bk)
         tan = getattr(self, "_tan", None)
         if tan is not None and _modes().forward:
-            out._tan = bk.asarray(self._bk.to_numpy(tan))
+            give_tangent(out, bk.asarray(self._bk.to_numpy(tan)))
         if self._rg and grad_mode.enabled:
             fn = ToDevice(source=self._bk, target=bk)
             fn.next, fn.needs, fn.seq = (_edge(self),), (True,), next(_sequence)
@@ -504,10 +547,14 @@ class Tensor:
         if self._rg and grad_mode.enabled:
             raise RuntimeError("setitem: in-place write to a tensor that requires grad; do it "
                                "under gg.no_grad() (for parameters) or on a detached copy")
+        source = value
         if isinstance(value, Tensor):
             value = value.data
-        self.data[_index_array(index)] = value
+        index = _index_array(index)
+        self.data[index] = value
         _bump(self)
+        if _modes().forward:  # inside gg.autograd.jvp: the tangent is written too
+            _write_tangent(self, index, source)
 
 
 def _compare(a, b, ufunc):
@@ -709,7 +756,7 @@ def _differentiable(fn):
         out = Tensor._make(fn.out, fn.bk, True)
         out._ctx, out._version = fn, fn.out_version
         if "out_tan" in d:
-            out._tan = d["out_tan"]
+            give_tangent(out, d["out_tan"])
         d["out"] = out
     if "bk" in d:
         d["bk"] = differentiable_ops(fn.bk)
