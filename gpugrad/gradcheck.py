@@ -10,15 +10,19 @@ from .errors import GradcheckError
 from .tensor import Tensor, enable_grad, no_grad
 
 
+def _as_inputs(inputs, op):
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"{op}: inputs must be a Tensor or a list/tuple of inputs, got "
+                        f"{type(inputs).__name__}")
+    return tuple(inputs)
+
+
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
     """True if every float input's gradient matches; else GradcheckError naming the input, the
     element index, and the numeric and analytic values of the worst mismatch."""
-    if isinstance(inputs, Tensor):
-        inputs = (inputs,)
-    if not isinstance(inputs, (list, tuple)):
-        raise TypeError(f"gradcheck: inputs must be a Tensor or a list/tuple of inputs, got "
-                        f"{type(inputs).__name__}")
-    inputs = tuple(inputs)
+    inputs = _as_inputs(inputs, "gradcheck")
     for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or \
                 (name == "eps" and value == 0):
@@ -82,12 +86,7 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3)
     against central differences of the analytic first derivatives, with respect to every
     float input and to u. Float64 throughout."""
     from . import autograd
-    if isinstance(inputs, Tensor):
-        inputs = (inputs,)
-    if not isinstance(inputs, (list, tuple)):
-        raise TypeError(f"gradgradcheck: inputs must be a Tensor or a list/tuple of inputs, got "
-                        f"{type(inputs).__name__}")
-    inputs = tuple(inputs)
+    inputs = _as_inputs(inputs, "gradgradcheck")
     checked = [i for i, a in enumerate(inputs) if isinstance(a, Tensor) and a.requires_grad]
     if not checked:
         raise ValueError("gradgradcheck: no input requires grad; pass tensors with "

@@ -793,6 +793,9 @@ def _commit(leaves, seed):
                 g = g.copy()
             handed_out.add(id(g))
             new.append((leaf, Tensor._make(g, leaf._bk), None))
+        elif leaf.grad._rg:  # a .grad from create_graph, which a graph may have used: as
+            # PyTorch, the sum is a new tensor (plain: this backward records nothing)
+            new.append((leaf, Tensor._make(leaf.grad.data + g, leaf._bk), None))
         else:
             new.append((leaf, None, leaf.grad.data + g))
     for leaf, fresh, summed in new:  # nothing below can fail

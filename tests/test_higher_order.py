@@ -136,6 +136,20 @@ def test_create_graph_grads_accumulate_connected_to_both_graphs(torch):
     _close(h.numpy(), th_.numpy())
 
 
+def test_plain_backward_after_create_graph_leaves_the_recorded_grad_intact():
+    # x.grad from create_graph may be part of another graph; a later plain backward sums into
+    # a new .grad (PyTorch adds in place and then refuses to differentiate z)
+    x = gg.tensor([0.3, 0.7], dtype="float64", requires_grad=True)
+    (x ** 3).sum().backward(create_graph=True)
+    first = x.grad
+    z = (first * x).sum()  # 3x^3 summed: dz/dx = 9x^2
+    (x ** 2).sum().backward()
+    assert x.grad is not first and not x.grad.requires_grad
+    np.testing.assert_allclose(x.grad.numpy(), 3 * x.numpy() ** 2 + 2 * x.numpy())
+    np.testing.assert_allclose(first.numpy(), 3 * x.numpy() ** 2)
+    np.testing.assert_allclose(gg.autograd.grad(z, x)[0].numpy(), 9 * x.numpy() ** 2)
+
+
 def test_retain_graph_defaults_to_create_graph():
     x = _x()
     y = (x.exp() * x).sum()
