@@ -618,3 +618,20 @@ def test_gradient_penalty_with_a_module():
             numeric[idx] = value if sign == 1 else (numeric[idx] - value) / (2 * eps)
     w.data = host
     _close(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_gradients_as_ops_equal_the_kernels(reduction):
+    # the two formulas ops/differentiable.py composes from ops (sigmoid's and cross-entropy's
+    # gradient outputs) against the fused primitives the ordinary backward runs
+    rng = np.random.default_rng(3)
+    a, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    for fn in (lambda x: gg.cross_entropy(x, labels, reduction=reduction),
+               lambda x: x.sigmoid()):
+        x = gg.tensor(a, requires_grad=True)
+        out = fn(x)
+        u = rng.standard_normal(out.shape)
+        (plain,) = ag.grad(out, x, gg.tensor(u), retain_graph=True)
+        (recorded,) = ag.grad(out, x, gg.tensor(u), create_graph=True)
+        assert recorded.requires_grad
+        _close(recorded.numpy(), plain.numpy(), rtol=1e-14, atol=1e-15)
