@@ -197,29 +197,31 @@ class Executor:
             holder.data = None
 
     def _update(self, grads, seed):
-        """Set each parameter's .grad to this step's gradient, then the optimizer's update."""
+        """Set each parameter's .grad to this step's gradient, then the optimizer's update.
+        `grads` (a list the plan made for this step) is rewritten in place with the arrays the
+        parameters receive."""
         shared = {id(seed)}
-        arrays = []
-        for p, holder, g in zip(self.params, self._grads, grads):
+        complete = True
+        for i, (p, holder, g, (_, dtype)) in enumerate(zip(self.params, self._grads, grads,
+                                                           self._layout)):
             if g is None:
                 p.grad = None
-                arrays.append(None)
+                complete = False
                 continue
-            if g.dtype != p.dtype:
-                g = g.astype(p.dtype)
+            if g.dtype != dtype:
+                g = grads[i] = g.astype(dtype)
             elif g.base is not None or id(g) in shared:  # a view or shared: as eager backward
-                g = g.copy()
+                g = grads[i] = g.copy()
             shared.add(id(g))
             holder.data = g
             p.grad = holder
-            arrays.append(g)
         if self.parallel is not None:  # in place: every rank then holds the average
-            self.parallel.reduce_gradients(arrays)
+            self.parallel.reduce_gradients(grads)
         opt = self.optimizer
         if opt is None:
             return
-        if self._whole and all(a is not None for a in arrays):
-            opt._step_arrays(arrays)
+        if self._whole and complete:
+            opt._step_arrays(grads)
         else:
             opt.step()
 
