@@ -146,14 +146,22 @@ class Plan:
         self._loss_slot = first_out + self.loss_index
         self._rebind = [(fn.__dict__, key, input_names.index(name))
                         for fn, _, rebind in self.forward_ops for key, name in rebind]
-        program = []
+        program, last_read = [], {}
         for k, (fn, sources, _) in enumerate(self.forward_ops):
             where = [next(refs) if kind is CONST else first_out + i if kind is OP else
                      slot[kind, i] for kind, i in sources]
+            for i in where:
+                last_read[i] = k
             # itemgetter of one index returns the item itself, of several a tuple
             get = itemgetter(*where) if len(where) > 1 else _one(where[0])
             program.append((fn.replay_forward, get, first_out + k))
-        self._forward = program
+        # an op's output leaves the registers after its last reader ran (what backward needs,
+        # the op that saved it holds), so a step needs no more memory than the eager one
+        done = [[] for _ in program]
+        for i, k in last_read.items():
+            if i >= first_out and i != self._loss_slot:
+                done[k].append(i)
+        self._forward = [entry + (tuple(d),) for entry, d in zip(program, done)]
         n = len(self.backward_ops)
         self._pending = [None] * (n + len(self.leaves))
         self._backward = [(fn.backward, pos, tuple(
@@ -178,8 +186,10 @@ class Plan:
         for d, key, i in self._rebind:
             d[key] = inputs[i]
         r = params + list(inputs) + self._consts + self._outputs
-        for replay, get, out in self._forward:
+        for replay, get, out, done in self._forward:
             r[out] = replay(get(r))
+            for i in done:
+                r[i] = None
         return r[self._loss_slot]
 
     def backward(self, seed):
