@@ -1,12 +1,15 @@
-"""The residual-MLP benchmark workload: its hand-written floor (FloorResidual) does the math of
-the Executor running a user-defined Module of x + relu(linear(x)) blocks, and every contender
-follows the same trajectory. No timings are asserted."""
+"""The Executor's benchmarks: the residual-MLP workload (its hand-written floor, FloorResidual,
+does the math of the Executor running a user-defined Module of x + relu(linear(x)) blocks, and
+every contender follows the same trajectory) and bench/alloc_cost.py. No timings are asserted."""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import gpugrad as gg
 from gpugrad.bench import workloads as wl
-from gpugrad.bench.floor import FloorResidual
+from gpugrad.bench.floor import FloorMLP, FloorResidual
 
 SIZES = (12, 16, 16, 16, 5)  # input layer, two blocks, output layer
 
@@ -46,3 +49,22 @@ def test_floor_residual_needs_blocks_of_one_width():
     for sizes in [(12, 16, 5), (12, 16, 8, 5)]:
         with pytest.raises(ValueError, match="at least one block"):
             FloorResidual(sizes, 4)
+
+
+def test_alloc_cost_script_runs(capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "alloc_cost.py"
+    spec = importlib.util.spec_from_file_location("alloc_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sizes, n = (12, 8, 8, 4), 6  # the allocating twin computes what the floor computes
+    floor, twin = (cls(sizes, n, lr=0.1) for cls in (FloorMLP, module.FloorAllocating))
+    x, y = wl.batch(sizes, n)
+    for _ in range(3):
+        assert twin.step(x, y) == floor.step(x, y)
+    for a, b in zip(floor.w + floor.b, twin.w + twin.b):
+        np.testing.assert_array_equal(a, b)
+    assert module.main(["--quick", "--seconds", "0.05", "--batches", "8"]) == 0
+    out = capsys.readouterr().out
+    for impl in ("executor", "eager", "floor", "floor, allocating"):
+        assert f"  {impl} " in out
+    assert "allocation costs the floor" in out
