@@ -15,6 +15,7 @@ cuda_graph=True: on CUDA the trusted plan's step (forward, backward, optimizer u
 once into a CUDA graph and launched with one call (executor_graph.py); a no-op on the CPU.
 """
 from collections import OrderedDict
+from operator import is_
 
 import numpy as np
 
@@ -79,7 +80,9 @@ class Executor:
                                   f"'{p.device}' and '{self.bk.name}'")
         self.model, self.loss, self.optimizer, self.max_plans = model, loss, optimizer, max_plans
         self._plans = OrderedDict()
+        self._last = None  # the most recently used entry of _plans
         self._layout = [(p.shape, p.dtype) for p in self.params]  # what the plans assume
+        self._seen = [None] * len(self.params)  # the arrays _param_arrays last checked
         # each parameter's .grad is one Tensor per Executor whose array each step replaces
         self._grads = [Tensor._make(None, self.bk) for _ in self.params]
         self._whole = optimizer is not None and [id(p) for p in optimizer.params] == \
@@ -100,8 +103,7 @@ class Executor:
     # -- public API --------------------------------------------------------------------------
     def step(self, x, y):
         """Forward, backward and optimizer update on one batch; returns the loss as a float."""
-        if self._check_params():  # the parameters changed shape or dtype: record again
-            self.clear()
+        arrays = self._param_arrays()
         if y is None:
             raise TypeError("Executor.step: y (the labels or targets of the batch) is required, "
                             "got None")
@@ -110,13 +112,16 @@ class Executor:
             raise ShapeError(f"Executor.step: the batch is empty (input of shape {x.shape}); "
                              f"the mean loss over no samples is undefined")
         entry = self._entry((x.shape, x.dtype, y.shape, y.dtype))
-        if entry.trusted is None:
+        plan = entry.trusted
+        if plan is None:
             loss, grads = self._record(entry, x, y)
         elif self._graphs is not None:
             return self._graphs.step(entry, x, y)
         else:
-            vals = entry.trusted.forward({"x": x, "y": y}, self.params)
-            loss, grads = vals[entry.trusted.loss_index], entry.trusted.backward(entry.seed)
+            loss = plan.forward(arrays, (x, y))
+            self._drop_grads()
+            grads = plan.backward(entry.seed)
+            plan.release()
         self._update(grads, entry.seed)
         return float(loss)
 
@@ -131,26 +136,31 @@ class Executor:
     def clear(self):
         """Drop every recorded plan (and CUDA graph); the next step records again."""
         self._plans.clear()
+        self._last = None
         if self._graphs is not None:
             self._graphs.clear()
 
     # -- recording ---------------------------------------------------------------------------
     def _entry(self, key):
-        entry = self._plans.get(key)
+        plans = self._plans
+        entry = plans.get(key)
+        if entry is not None and self._last is entry:
+            return entry  # the most recently used already: nothing to reorder
+        self._last = entry
         if entry is None:
-            entry = self._plans[key] = _Entry()
-            while len(self._plans) > self.max_plans:  # least recently used first
-                _, dropped = self._plans.popitem(last=False)
+            entry = self._last = plans[key] = _Entry()
+            while len(plans) > self.max_plans:  # least recently used first
+                _, dropped = plans.popitem(last=False)
                 if self._graphs is not None:
                     self._graphs.drop(dropped)
         else:
-            self._plans.move_to_end(key)
+            plans.move_to_end(key)
         return entry
 
     def _record(self, entry, x, y):
         """One step through the eager ops with the recorder on: the loss and the gradients."""
         xt, yt = Tensor._make(x, self.bk), Tensor._make(y, self.bk)
-        with tracing.Recorder({"x": xt, "y": yt}, self.params) as rec:
+        with tracing.Recorder({"x": xt, "y": yt}, self.params) as rec:  # plan's input order
             loss = self._loss(self.model(xt), yt)
         if not isinstance(loss, Tensor) or loss.size != 1 or loss.dtype.kind != "f":
             raise ShapeError(f"Executor: the loss must be a one-element float Tensor, got "
@@ -178,30 +188,40 @@ class Executor:
         return ops.mse_loss(out, target)
 
     # -- the step's pieces --------------------------------------------------------------------
+    def _drop_grads(self):
+        """Free the last step's gradient arrays before this step's backward makes new ones (at
+        most one set alive); a failed backward leaves .grad None, as after zero_grad()."""
+        for p, holder in zip(self.params, self._grads):
+            if p.grad is holder:
+                p.grad = None
+            holder.data = None
+
     def _update(self, grads, seed):
-        """Set each parameter's .grad to this step's gradient, then the optimizer's update."""
+        """Set each parameter's .grad to this step's gradient, then the optimizer's update.
+        `grads` (a list the plan made for this step) is rewritten in place with the arrays the
+        parameters receive."""
         shared = {id(seed)}
-        arrays = []
-        for p, holder, g in zip(self.params, self._grads, grads):
+        complete = True
+        for i, (p, holder, g, (_, dtype)) in enumerate(zip(self.params, self._grads, grads,
+                                                           self._layout)):
             if g is None:
                 p.grad = None
-                arrays.append(None)
+                complete = False
                 continue
-            if g.dtype != p.dtype:
-                g = g.astype(p.dtype)
+            if g.dtype != dtype:
+                g = grads[i] = g.astype(dtype)
             elif g.base is not None or id(g) in shared:  # a view or shared: as eager backward
-                g = g.copy()
+                g = grads[i] = g.copy()
             shared.add(id(g))
             holder.data = g
             p.grad = holder
-            arrays.append(g)
         if self.parallel is not None:  # in place: every rank then holds the average
-            self.parallel.reduce_gradients(arrays)
+            self.parallel.reduce_gradients(grads)
         opt = self.optimizer
         if opt is None:
             return
-        if self._whole and all(a is not None for a in arrays):
-            opt._step_arrays(arrays)
+        if self._whole and complete:
+            opt._step_arrays(grads)
         else:
             opt.step()
 
@@ -228,9 +248,13 @@ class Executor:
                                 "cross_entropy" else host.astype(self.dtype))
         return x, y
 
-    def _check_params(self):
-        """Raise if a parameter left the Executor's device; True when one changed shape or
-        dtype since the plans were recorded (the layout is then updated)."""
+    def _param_arrays(self):
+        """The parameters' arrays for this step. When one of them is a new array (model.to(),
+        p.data = ...): raise if it left the Executor's device, and drop the plans if it changed
+        shape or dtype (they are recorded again)."""
+        arrays = [p.data for p in self.params]
+        if all(map(is_, arrays, self._seen)) and all(p._bk is self.bk for p in self.params):
+            return arrays
         changed = False
         for p, (shape, dtype) in zip(self.params, self._layout):
             if p._bk is not self.bk:
@@ -240,4 +264,6 @@ class Executor:
             changed = changed or p.data.shape != shape or p.data.dtype != dtype
         if changed:
             self._layout = [(p.shape, p.dtype) for p in self.params]
-        return changed
+            self.clear()
+        self._seen = arrays  # held, so no new array can take one of their ids
+        return arrays

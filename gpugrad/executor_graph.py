@@ -97,13 +97,13 @@ class StepGraphs:
         index = {id(p): i for i, p in enumerate(ex.params)}
 
         def device_step():
-            vals = plan.forward({"x": xb, "y": yb}, ex.params)
+            loss = plan.forward([p.data for p in ex.params], (xb, yb))
             grads = [g if g is None or g.dtype == p.dtype else g.astype(p.dtype)
                      for p, g in zip(ex.params, plan.backward(entry.seed))]
             if opt is not None:
                 for i, p in enumerate(opt.params):
                     opt._update(opt.state[i], p.data, grads[index[id(p)]], self.hyper[i])
-            out["loss"], out["grads"] = vals[plan.loss_index], grads
+            out["loss"], out["grads"] = loss, grads
 
         xb[...] = x if ex.bk.is_array(x) else xp.asarray(x)  # capture reads real values
         yb[...] = y if ex.bk.is_array(y) else xp.asarray(y)

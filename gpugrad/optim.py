@@ -94,12 +94,11 @@ class Optimizer:
     def _step_arrays(self, grads):
         """One update of every parameter from `grads`, gradient arrays in parameter order,
         without step()'s checks: for a driver that made those arrays itself (the Executor)."""
-        state = self.state
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            st = state[i]
+        update, scalars = self._update, self._scalars
+        for i, (p, g, st) in enumerate(zip(self.params, grads, self.state)):
             if st.get("bk") is not p._bk:
                 st = self._state(i, p)
-            self._update(st, p.data, g, self._scalars(st))
+            update(st, p.data, g, scalars(st))
             _bump(p)
 
     def _check_grad(self, i, p):
@@ -183,7 +182,7 @@ class SGD(Optimizer):
 
     def _update(self, st, w, g, h):
         xp, s, m = st["bk"].xp, st["scratch"], self.momentum
-        d = self._decayed(st, w, g, self.weight_decay)
+        d = self._decayed(st, w, g, self.weight_decay) if self.weight_decay else g
         if m:
             buf = st.get("momentum")
             if buf is None:

@@ -14,6 +14,7 @@ forward, values computed outside the ops) shows up as two recordings that differ
 records twice and compares before it trusts a plan (as tinygrad's TinyJit does).
 """
 import threading
+from operator import itemgetter
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Recorder:
 
     def __init__(self, inputs, params):
         self.thread = threading.get_ident()
+        self.is_array = params[0]._bk.is_array
         self.inputs = {id(t): name for name, t in inputs.items()}
         self.input_arrays = {id(t.data): name for name, t in inputs.items()}
         self.params = {id(p): j for j, p in enumerate(params)}
@@ -73,7 +75,12 @@ class Recorder:
 
 
 class Plan:
-    """One recorded step: forward entries, the backward walk, and the loss's position."""
+    """One recorded step: forward entries, the backward walk, and the loss's position.
+
+    `forward_ops` and `backward_ops` describe the step; `forward` and `backward` replay it from
+    a compiled form of the same entries, where every lookup that cannot change between steps
+    (where an input comes from, where a gradient goes) is resolved once, here: the replay is a
+    register list indexed by numbers fixed at record time, and one call per op."""
 
     def __init__(self, recorder, loss, leaves):
         self.forward_ops = [(fn, sources, rebind) for fn, sources, rebind, _ in recorder.ops]
@@ -87,6 +94,7 @@ class Plan:
         for fn, _, _ in self.forward_ops:
             for name in _EAGER_ONLY:
                 fn.__dict__.pop(name, None)
+        self._compile(recorder, len(recorder.params), list(recorder.inputs.values()))
 
     @staticmethod
     def _walk(recorder, loss, leaves):
@@ -118,36 +126,100 @@ class Plan:
             plan.append((fn, tuple(targets)))
         return plan, leaves
 
-    def forward(self, inputs, params):
-        """Run the forward entries on the step's arrays; returns every op's output."""
-        vals = []
-        for fn, sources, rebind in self.forward_ops:
-            for key, name in rebind:
-                setattr(fn, key, inputs[name])
-            arrays = [vals[i] if kind is OP else params[i].data if kind is PARAM else
-                      inputs[i] if kind is INPUT else i for kind, i in sources]
-            vals.append(fn.replay_forward(arrays))
-        return vals
+    def _compile(self, recorder, n_params, input_names):
+        """The replay's form. Forward registers: the parameters' arrays, the step's inputs (in
+        `input_names` order), the constants, then one slot per op's output. Backward registers:
+        one pending upstream gradient per backward entry, then one gradient per leaf."""
+        self.input_names = tuple(input_names)
+        slot = {(PARAM, j): j for j in range(n_params)}
+        slot.update({(INPUT, name): n_params + i for i, name in enumerate(input_names)})
+        consts, refs = [], []
+        for fn, sources, _ in self.forward_ops:
+            for kind, i in sources:
+                if kind is CONST:
+                    refs.append(n_params + len(input_names) + len(consts))
+                    consts.append(i)
+        first_out = n_params + len(input_names) + len(consts)
+        refs = iter(refs)
+        self._consts = consts
+        self._outputs = [None] * len(self.forward_ops)
+        self._loss_slot = first_out + self.loss_index
+        self._rebind = [(fn.__dict__, key, input_names.index(name))
+                        for fn, _, rebind in self.forward_ops for key, name in rebind]
+        program, last_read = [], {}
+        for k, (fn, sources, _) in enumerate(self.forward_ops):
+            where = [next(refs) if kind is CONST else first_out + i if kind is OP else
+                     slot[kind, i] for kind, i in sources]
+            for i in where:
+                last_read[i] = k
+            # itemgetter of one index returns the item itself, of several a tuple
+            get = itemgetter(*where) if len(where) > 1 else _one(where[0])
+            program.append((fn.replay_forward, get, first_out + k))
+        # an op's output leaves the registers after its last reader ran (what backward needs,
+        # the op that saved it holds), so a step needs no more memory than the eager one
+        done = [[] for _ in program]
+        for i, k in last_read.items():
+            if i >= first_out and i != self._loss_slot:
+                done[k].append(i)
+        self._forward = [entry + (tuple(d),) for entry, d in zip(program, done)]
+        n = len(self.backward_ops)
+        self._pending = [None] * (n + len(self.leaves))
+        self._backward = [(fn.backward, pos, tuple(
+            (j, i if kind == "fn" else n + i) for j, (kind, i) in
+            ((j, t) for j, t in enumerate(targets) if t is not None)))
+            for pos, (fn, targets) in enumerate(self.backward_ops)]
+        self._first_leaf = n
+        # after a step's backward each op keeps only its settings: what apply gave it, less the
+        # step's own arrays (rebound before every forward), and what is not an array; the
+        # arrays its forward stored for backward are dropped, as eager backward releases a graph
+        is_array = recorder.is_array
+        self._settings = []
+        for fn, _, rebind, params in recorder.ops:
+            step_own = {key for key, _ in rebind}
+            self._settings.append((fn.__dict__, {
+                k: v for k, v in fn.__dict__.items()
+                if k not in step_own and (k in params or not is_array(v))}))
+
+    def forward(self, params, inputs):
+        """Run the forward entries on the parameters' arrays and the step's inputs (arrays in
+        `input_names` order); returns the loss array."""
+        for d, key, i in self._rebind:
+            d[key] = inputs[i]
+        r = params + list(inputs) + self._consts + self._outputs
+        for replay, get, out, done in self._forward:
+            r[out] = replay(get(r))
+            for i in done:
+                r[i] = None
+        return r[self._loss_slot]
 
     def backward(self, seed):
         """The gradient of every leaf (None where none arrived), as run_backward sums them."""
-        pending = [None] * len(self.backward_ops)
-        pending[0] = seed
-        grads = [None] * len(self.leaves)
-        for pos, (fn, targets) in enumerate(self.backward_ops):
-            upstream = pending[pos]
+        buf = self._pending.copy()
+        buf[0] = seed
+        for backward, pos, routes in self._backward:
+            upstream = buf[pos]
             if upstream is None:
                 continue
-            pending[pos] = None
-            for target, g in zip(targets, fn.backward(upstream)):
-                if target is None or g is None:
-                    continue
-                kind, i = target
-                if kind == "fn":
-                    pending[i] = g if pending[i] is None else pending[i] + g
-                else:
-                    grads[i] = g if grads[i] is None else grads[i] + g
-        return grads
+            buf[pos] = None
+            grads = backward(upstream)
+            for j, dst in routes:
+                g = grads[j]
+                if g is not None:
+                    held = buf[dst]
+                    buf[dst] = g if held is None else held + g
+        return buf[self._first_leaf:]
+
+    def release(self):
+        """Drop what the ops' forward stored for backward (the next replayed forward stores it
+        again), so a plan holds no step's values between steps."""
+        for d, settings in self._settings:
+            d.clear()
+            d.update(settings)
+
+
+def _one(i):
+    """A getter like itemgetter(i, j, ...) for one index: a 1-tuple."""
+    return lambda r: (r[i],)
 
 
 def compare(first, second):

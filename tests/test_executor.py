@@ -347,3 +347,38 @@ def test_parameters_that_change_dtype_or_shape_are_recorded_again():
     with gg.no_grad():
         out = model(gg.tensor(x.astype(np.float64)))
     assert out.dtype == np.float64
+
+
+def test_replaced_parameter_arrays_of_the_same_shape_are_read_afresh():
+    """p.data = new array (same shape and dtype): the trusted plan stays and replays on it."""
+    eager, planned = _twins(lambda: nn.mlp([6, 8, 3], dtype="float64"))
+    opt_e, opt_p = (optim.SGD(m.parameters(), lr=0.1) for m in (eager, planned))
+    ex = gg.Executor(planned, optimizer=opt_p)
+    for step in range(3):
+        x, y = _data(10, 6, 3, seed=step, dtype=np.float64)
+        ex.step(x, y)
+        eager_step(eager, opt_e, x, y)
+    (entry,) = ex._plans.values()
+    plan = entry.trusted
+    for p, q in zip(eager.parameters(), planned.parameters()):
+        p.data = p.data * 0.5  # new arrays
+        q.data = q.data * 0.5
+    x, y = _data(10, 6, 3, seed=9, dtype=np.float64)
+    assert ex.step(x, y) == pytest.approx(eager_step(eager, opt_e, x, y), rel=1e-12)
+    assert next(iter(ex._plans.values())).trusted is plan
+    _assert_same_params(eager, planned, rtol=1e-12, atol=1e-14)
+
+
+def test_a_replayed_step_leaves_no_arrays_in_the_plan():
+    """Between steps the plan's ops hold only their settings: what forward saved for backward
+    (activations, masks, the batch's labels) is dropped after the replayed backward."""
+    model = _model([6, 8, 8, 3])
+    ex = gg.Executor(model, optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    x, y = _data(10, 6, 3)
+    for _ in range(4):
+        ex.step(x, y)
+    (entry,) = ex._plans.values()
+    held = [(fn.name, k) for fn, _, _ in entry.trusted.forward_ops
+            for k, v in vars(fn).items() if isinstance(v, np.ndarray)]
+    assert held == []
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())

@@ -19,6 +19,7 @@ from .timing import (Unavailable, default_threads, device_sync, gpu_references, 
 
 TRAIN_MODELS = ((784, 256, 256, 10), (784, 1024, 1024, 10))
 TRAIN_BATCHES = (64, 512, 4096)
+RESIDUAL_MODEL = (784, 256, 256, 256, 10)  # input layer, 2 residual blocks, output layer
 
 
 def plan(quick):
@@ -32,6 +33,15 @@ def plan(quick):
                 f"train step {'-'.join(map(str, sizes))}, batch {n} (ReLU MLP, mean "
                 f"cross-entropy, SGD momentum, float32; data on the device)", wl.TRAIN_IMPLS,
                 lambda impl, dev, s=sizes, n=n: wl.train_step(impl, dev, s, n),
+                ("flop", wl.train_flops(sizes, n)), "matmul"))
+    if not quick:
+        sizes = RESIDUAL_MODEL
+        for n in TRAIN_BATCHES[:2]:
+            out.append(Workload(
+                f"train step, residual MLP {sizes[0]}-{sizes[1]}-[{len(sizes) - 3} blocks "
+                f"h + relu(linear(h))]-{sizes[-1]}, batch {n} (a user-defined Module; mean "
+                f"cross-entropy, SGD momentum, float32)", wl.TRAIN_IMPLS,
+                lambda impl, dev, s=sizes, n=n: wl.train_step(impl, dev, s, n, residual=True),
                 ("flop", wl.train_flops(sizes, n)), "matmul"))
     ops = 100 if quick else wl.CHAIN_OPS
     out.append(Workload(f"eager overhead: forward + backward through a {ops}-op chain of "

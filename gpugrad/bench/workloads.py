@@ -9,10 +9,11 @@ already on the device (the timed part), or raises Unavailable with the reason. C
     torch     PyTorch eager on the same device (CPU, or CUDA when PyTorch has it)
 """
 import math
+from itertools import pairwise
 
 import numpy as np
 
-from .floor import FloorMLP, he_init
+from .floor import FloorMLP, FloorResidual, he_init
 from .timing import Unavailable
 
 TRAIN_IMPLS = ("executor", "graph", "eager", "floor", "torch")
@@ -60,8 +61,12 @@ def batch(sizes, n, seed=0):
             rng.integers(0, sizes[-1], n))
 
 
-def train_step(impl, device, sizes, n, seed=0):
+def train_step(impl, device, sizes, n, seed=0, residual=False):
     """One SGD-momentum training step of a ReLU MLP `sizes` on a batch of n, data on device.
+
+    residual=True: the MLP of residual blocks instead (FloorResidual's model): sizes =
+    (inputs, width, ..., width, classes), h = relu(linear(x)), then h = h + relu(linear(h)) per
+    block, then the output layer; the gpugrad contenders run it as a user-defined Module.
 
     Every contender starts from the same weights and sees the same batch, so all follow the
     same trajectory (to rounding): a step's speed can depend on the values (ReLU sparsity,
@@ -70,17 +75,23 @@ def train_step(impl, device, sizes, n, seed=0):
     x, y = batch(sizes, n, seed)
     params = he_init(sizes, seed)
     if impl == "torch":
-        return _torch_step(_torch(device), device, sizes, params, x, y)
+        return _torch_step(_torch(device), device, sizes, params, x, y, residual)
     if impl == "floor":
         xp = _xp(device)
-        mlp = FloorMLP(sizes, n, LR, MOMENTUM, xp=xp, params=params)
+        mlp = (FloorResidual if residual else FloorMLP)(sizes, n, LR, MOMENTUM, xp=xp,
+                                                        params=params)
         xd, yd = xp.asarray(x), xp.asarray(y)
         return lambda: mlp.step(xd, yd)
     gg = _gg(device)
     if impl == "graph" and device != "cuda":
         raise Unavailable("CUDA graphs exist on the GPU only")
-    model = gg.nn.mlp(sizes, device=device)
-    model.load_state_dict({f"{2 * i}.{k}": a for i, (w, b) in enumerate(params)
+    if residual:
+        model = _gg_residual(gg, sizes, device)
+        names = [f"linears.{i}" for i in range(len(params))]
+    else:
+        model = gg.nn.mlp(sizes, device=device)
+        names = [str(2 * i) for i in range(len(params))]
+    model.load_state_dict({f"{name}.{k}": a for name, (w, b) in zip(names, params)
                            for k, a in (("weight", w), ("bias", b))})
     opt = gg.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     xt, yt = gg.tensor(x, device=device), gg.tensor(y, device=device)
@@ -99,15 +110,42 @@ def train_step(impl, device, sizes, n, seed=0):
     return step
 
 
-def _torch_step(torch, device, sizes, params, x, y):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(sizes) - 2 else [])
+def _gg_residual(gg, sizes, device):
+    """The residual MLP as a user-defined gg Module (not a Sequential: the Executor records its
+    forward as written)."""
+
+    class ResidualMLP(gg.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linears = gg.nn.Sequential(*[gg.nn.Linear(a, b, device=device)
+                                              for a, b in pairwise(sizes)])
+
+        def forward(self, x):
+            return _residual_forward(self.linears, gg.relu, x)
+    return ResidualMLP()
+
+
+def _residual_forward(linears, relu, x):
+    """relu(first(x)), then h + relu(block(h)) per block, then last(h): gg's and torch's."""
+    first, *blocks, last = linears
+    h = relu(first(x))
+    for block in blocks:
+        h = h + relu(block(h))
+    return last(h)
+
+
+def _torch_step(torch, device, sizes, params, x, y, residual=False):
+    linears = [torch.nn.Linear(a, b) for a, b in pairwise(sizes)]
     with torch.no_grad():  # the shared initial weights; torch stores W as (out, in)
-        for linear, (w, b) in zip(layers[::2], params):
+        for linear, (w, b) in zip(linears, params):
             linear.weight.copy_(torch.from_numpy(w.T.copy()))
             linear.bias.copy_(torch.from_numpy(b))
-    model = torch.nn.Sequential(*layers).to(device)
+    if residual:
+        model = _torch_residual(torch, linears)
+    else:
+        layers = [m for linear in linears[:-1] for m in (linear, torch.nn.ReLU())]
+        model = torch.nn.Sequential(*layers, linears[-1])
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     xd, yd = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
@@ -118,6 +156,17 @@ def _torch_step(torch, device, sizes, params, x, y):
         opt.step()
         return loss.item()
     return step
+
+
+def _torch_residual(torch, linears):
+    class ResidualMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linears = torch.nn.ModuleList(linears)
+
+        def forward(self, x):
+            return _residual_forward(self.linears, torch.relu, x)
+    return ResidualMLP()
 
 
 def train_flops(sizes, n):
