@@ -49,6 +49,9 @@ class Function:
     # Forward mode (gg.autograd.jvp): `jvp(*tangents) -> the output's tangent`, one tangent per
     # input (None for an input that has none: zero), arrays in, array out, beside backward.
     jvp = None
+    # True for the ops of an Executor plan (gpugrad/tracing.py), where every forward is followed
+    # by its backward: an op may then compute in forward what its backward needs
+    replayed = False
     clock = None         # the in-place write clock when the forward ran (ops with saved values)
     _saves_inputs = _saves_output = False
 

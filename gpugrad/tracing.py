@@ -173,6 +173,8 @@ class Plan:
         # step's own arrays (rebound before every forward), and what is not an array; the
         # arrays its forward stored for backward are dropped, as eager backward releases a graph
         is_array = recorder.is_array
+        for fn, _, _ in self.forward_ops:
+            fn.replayed = True
         self._settings = []
         for fn, _, rebind, params in recorder.ops:
             step_own = {key for key, _ in rebind}

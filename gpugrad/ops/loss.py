@@ -65,12 +65,22 @@ class CrossEntropy(Function):
 
     def forward(self, logits):
         self.logits = logits
-        rows, _ = self.bk.softmax_cross_entropy(logits, self.labels, check=self.check)
+        # replayed (an Executor plan, where every forward is followed by its backward): one
+        # pass over the logits yields the loss and the local gradient softmax - onehot, and
+        # backward only scales it. Eager keeps the logits alone (an (N, C) array less between
+        # forward and backward) and computes the gradient in backward.
+        scale = 1.0 if self.replayed else None
+        rows, self.local = self.bk.softmax_cross_entropy(logits, self.labels, grad_scale=scale,
+                                                         check=self.check)
         return rows if self.reduction == "none" else self.bk.reduce_loss(rows, self.reduction)
 
     def backward(self, upstream):
         # local gradient of the row loss w.r.t. its logits: softmax - onehot
         scale = upstream / len(self.labels) if self.reduction == "mean" else upstream
+        if self.local is not None:  # computed by a replayed forward, used once: scaled in place
+            local, self.local = self.local, None
+            local *= scale[:, None] if self.reduction == "none" else scale
+            return (local,)
         # check=False: forward already validated the labels (on the GPU a check is a sync)
         _, grad = self.bk.softmax_cross_entropy(self.logits, self.labels, grad_scale=scale,
                                                 want_loss=False, check=False)
