@@ -159,7 +159,8 @@ def _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out):
     if want_grad:
         e /= s
         e[rows, safe] -= 1
-        e *= grad_scale if _is_scalar(grad_scale) else np.asarray(grad_scale)[:, None]
+        if not (type(grad_scale) is float and grad_scale == 1.0):  # x 1.0 is exact: skip
+            e *= grad_scale if _is_scalar(grad_scale) else np.asarray(grad_scale)[:, None]
         if e is not grad:  # float16: computed in float32, rounded once
             grad[...] = e
         if bad is not None:
