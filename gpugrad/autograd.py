@@ -60,7 +60,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
 
 
 def _fresh(g, x, handed_out):
-    """g as a Tensor in x's dtype that shares memory with no other result (nor with a seed)."""
+    """g as a Tensor in x's dtype that shares memory with no other result (as in PyTorch, a
+    result may be the grad_outputs tensor itself, e.g. the gradient of y with respect to y)."""
     if isinstance(g, Tensor):
         if g.dtype != x.dtype or id(g.data) in handed_out or g.data.base is not None:
             g = g.astype(x.dtype)  # differentiable copy
