@@ -635,3 +635,48 @@ def test_fused_gradients_as_ops_equal_the_kernels(reduction):
         (recorded,) = ag.grad(out, x, gg.tensor(u), create_graph=True)
         assert recorded.requires_grad
         _close(recorded.numpy(), plain.numpy(), rtol=1e-14, atol=1e-15)
+
+
+def test_executor_refuses_a_loss_that_differentiates_its_own_backward():
+    from gpugrad import nn, optim
+    gg.manual_seed(0)
+    model = nn.mlp([4, 3, 2])
+
+    def penalised(out, y):  # a gradient penalty inside the recorded step
+        loss = gg.cross_entropy(out, y)
+        (g,) = ag.grad(loss, out, create_graph=True)
+        return loss + (g * g).sum()
+
+    ex = gg.Executor(model, loss=penalised, optimizer=optim.SGD(model.parameters(), lr=0.1))
+    before = [p.numpy().copy() for p in model.parameters()]
+    x, y = np.ones((2, 4), np.float32), np.array([0, 1])
+    with pytest.raises(RuntimeError, match="Executor: a step cannot differentiate"):
+        ex.step(x, y)
+    for p, b in zip(model.parameters(), before):  # a refused step changes no parameter
+        np.testing.assert_array_equal(p.numpy(), b)
+    # the same loss runs eagerly
+    loss = penalised(model(gg.tensor(x)), y)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_create_graph_backward_is_refused_under_gradient_hooks_but_grad_works():
+    from gpugrad import hooks
+
+    class Watcher:
+        def ready(self, leaf, grad): pass
+        def finish(self, leaves): pass
+        def abort(self): pass
+
+    x = _x()
+    watcher = Watcher()
+    handle = hooks.watch([x], watcher)
+    try:
+        y = (x * x * x).sum()
+        with pytest.raises(RuntimeError, match="gradient hooks"):
+            y.backward(create_graph=True)
+        assert x.grad is None
+        (g,) = ag.grad(y, x, create_graph=True)
+        _close(ag.grad(g.sum(), x)[0].numpy(), 6 * x.numpy())
+    finally:
+        handle.remove()
