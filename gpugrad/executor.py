@@ -80,7 +80,6 @@ class Executor:
                                   f"'{p.device}' and '{self.bk.name}'")
         self.model, self.loss, self.optimizer, self.max_plans = model, loss, optimizer, max_plans
         self._plans = OrderedDict()
-        self._last = None  # the most recently used entry of _plans
         self._layout = [(p.shape, p.dtype) for p in self.params]  # what the plans assume
         self._seen = [None] * len(self.params)  # the arrays _param_arrays last checked
         # each parameter's .grad is one Tensor per Executor whose array each step replaces
@@ -136,7 +135,6 @@ class Executor:
     def clear(self):
         """Drop every recorded plan (and CUDA graph); the next step records again."""
         self._plans.clear()
-        self._last = None
         if self._graphs is not None:
             self._graphs.clear()
 
@@ -144,11 +142,8 @@ class Executor:
     def _entry(self, key):
         plans = self._plans
         entry = plans.get(key)
-        if entry is not None and self._last is entry:
-            return entry  # the most recently used already: nothing to reorder
-        self._last = entry
         if entry is None:
-            entry = self._last = plans[key] = _Entry()
+            entry = plans[key] = _Entry()
             while len(plans) > self.max_plans:  # least recently used first
                 _, dropped = plans.popitem(last=False)
                 if self._graphs is not None:

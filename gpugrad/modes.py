@@ -35,25 +35,17 @@ _state = contextvars.ContextVar("gpugrad_modes", default=_STATES[True, False, Fa
 current = _state.get  # the calling thread's _State
 
 
+def _mode(name):
+    """A property reading and setting one of this thread's modes."""
+    return property(lambda self: getattr(_state.get(), name),
+                    lambda self, value: _set(name, value))
+
+
 class _ModeView:
     """`grad_mode.enabled` / `grad_mode.anomaly`: this thread's modes (setting one sets it for
     this thread only; the context managers are the usual way)."""
-
-    @property
-    def enabled(self):
-        return _state.get().enabled
-
-    @enabled.setter
-    def enabled(self, value):
-        _set("enabled", value)
-
-    @property
-    def anomaly(self):
-        return _state.get().anomaly
-
-    @anomaly.setter
-    def anomaly(self, value):
-        _set("anomaly", value)
+    enabled = _mode("enabled")
+    anomaly = _mode("anomaly")
 
 
 grad_mode = _ModeView()

@@ -12,6 +12,7 @@ by the optimizers, so a backward may hand the same array to several inputs witho
 """
 import contextvars
 import itertools
+from contextlib import nullcontext
 import operator
 import weakref
 
@@ -667,43 +668,39 @@ def sweep(roots, tensors=False, create_graph=False, wanted=(), hooks=False):
             fn.g = seed if fn.g is None else fn.g + seed
     ready = _hooks.session(order) if hooks and _hooks.watched else None  # GRAD-READY HOOK
     anomaly = grad_mode.anomaly
-    switch = (enable_grad() if create_graph else no_grad()) if tensors else None
-    if switch is not None:
-        switch.__enter__()
-    try:
-        for fn in order:
-            upstream = fn.g
-            if upstream is None:
-                continue
-            fn.g = None
-            if wanted and id(fn) in wanted:
-                reached[id(fn)] = upstream
-            if fn.clock is not None and fn.clock != _clock_now[0]:  # a write since forward
-                _check_saved(fn)
-            grads = (_differentiable(fn) if tensors else fn).backward(upstream)
-            if anomaly:
-                from .anomaly import check_backward
-                check_backward(fn, _data(upstream), [_data(g) for g in grads])
-            for edge, g in zip(fn.next, grads):
-                if edge is None or g is None:
+    # tensors: the backward ops record a graph (create_graph) or only carry tangents
+    with (enable_grad() if create_graph else no_grad()) if tensors else nullcontext():
+        try:
+            for fn in order:
+                upstream = fn.g
+                if upstream is None:
                     continue
-                if isinstance(edge, Tensor):
-                    entry = _add(leaves, edge, g)
-                    if ready is not None:  # GRAD-READY HOOK: fires on the leaf's last edge
-                        ready(entry)
-                elif edge.g is None:
-                    edge.g = g
-                else:
-                    edge.g = edge.g + g  # fan-out: sum (out of place: g may be shared)
-    except BaseException:
-        for fn in order:  # drop the partial sums: the graph is as before the call
-            fn.g = None
-        if ready is not None:  # GRAD-READY HOOK
-            ready.abort()
-        raise
-    finally:
-        if switch is not None:
-            switch.__exit__(None, None, None)
+                fn.g = None
+                if wanted and id(fn) in wanted:
+                    reached[id(fn)] = upstream
+                if fn.clock is not None and fn.clock != _clock_now[0]:  # a write since forward
+                    _check_saved(fn)
+                grads = (_differentiable(fn) if tensors else fn).backward(upstream)
+                if anomaly:
+                    from .anomaly import check_backward
+                    check_backward(fn, _data(upstream), [_data(g) for g in grads])
+                for edge, g in zip(fn.next, grads):
+                    if edge is None or g is None:
+                        continue
+                    if isinstance(edge, Tensor):
+                        entry = _add(leaves, edge, g)
+                        if ready is not None:  # GRAD-READY HOOK: fires on the leaf's last edge
+                            ready(entry)
+                    elif edge.g is None:
+                        edge.g = g
+                    else:
+                        edge.g = edge.g + g  # fan-out: sum (out of place: g may be shared)
+        except BaseException:
+            for fn in order:  # drop the partial sums: the graph is as before the call
+                fn.g = None
+            if ready is not None:  # GRAD-READY HOOK
+                ready.abort()
+            raise
     if ready is not None:  # GRAD-READY HOOK: watchers may wait for and replace gradients
         ready.finish(leaves)
     return order, leaves, reached
@@ -809,14 +806,13 @@ def _commit(leaves, seed):
 
 
 def _topological_order(roots):
-    """Functions reachable from `roots` (one Function or a list), outputs before the ops that
-    made their inputs.
+    """Functions reachable from the Functions `roots`, outputs before the ops that made their
+    inputs.
 
     Each Function got a creation sequence number, and an op is always created after the ops that
     made its inputs, so sorting the reachable set by that number, newest first, is a reverse
     topological order: no recursion, no per-node bookkeeping beyond a `seen` set.
     """
-    roots = [roots] if isinstance(roots, Function) else roots
     for root in roots:
         if root.freed:
             raise _freed_error()

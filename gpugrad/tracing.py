@@ -103,7 +103,7 @@ class Plan:
         if not loss._rg:
             raise ReplayError("Executor: the loss does not depend on any parameter that "
                               "requires grad")
-        order = _topological_order(loss._ctx)
+        order = _topological_order([loss._ctx])
         recorded = {id(fn) for fn, _, _, _ in recorder.ops}
         position = {id(fn): i for i, fn in enumerate(order)}
         leaf_index = {id(p): j for j, p in enumerate(leaves)}

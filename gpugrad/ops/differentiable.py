@@ -9,10 +9,21 @@ differentiated again. Nothing here is a derivative formula of its own, except fo
 primitives, whose array versions are kernels: their Tensor versions below compose ops with the
 same math (tested against the kernels).
 """
+import functools
+
 import numpy as np
 
 from ..tensor import Tensor
 from . import arithmetic, elementwise, loss, reduce_shape
+
+
+def _elementwise(op, name):
+    """The array module's `name` as the op: a backward may apply it to a constant operand too
+    (pow's d/dp reads log(a) for a Python-number base a), which stays a constant, computed by
+    the array module."""
+    def apply(self, x):
+        return op.apply(x) if isinstance(x, Tensor) else getattr(self.bk.xp, name)(x)
+    return apply
 
 
 class DifferentiableOps:
@@ -35,19 +46,10 @@ class DifferentiableOps:
     def broadcast_to(self, x, shape):
         return reduce_shape.BroadcastTo.apply(x, shape=tuple(shape))
 
-    # A backward may apply these to a constant operand too (pow's d/dp reads log(a) for a
-    # Python-number base a): a constant stays a constant, from the array module.
-    def exp(self, x):
-        return elementwise.Exp.apply(x) if isinstance(x, Tensor) else self.bk.xp.exp(x)
-
-    def log(self, x):
-        return elementwise.Log.apply(x) if isinstance(x, Tensor) else self.bk.xp.log(x)
-
-    def sin(self, x):
-        return elementwise.Sin.apply(x) if isinstance(x, Tensor) else self.bk.xp.sin(x)
-
-    def cos(self, x):
-        return elementwise.Cos.apply(x) if isinstance(x, Tensor) else self.bk.xp.cos(x)
+    exp = _elementwise(elementwise.Exp, "exp")
+    log = _elementwise(elementwise.Log, "log")
+    sin = _elementwise(elementwise.Sin, "sin")
+    cos = _elementwise(elementwise.Cos, "cos")
 
     # -- the backend's names ------------------------------------------------------------------
     @staticmethod
@@ -90,11 +92,7 @@ def where(cond, a, b):
     return arithmetic.Where.apply(a, b, cond=cond)
 
 
-_namespaces = {}
-
-
+@functools.cache
 def differentiable_ops(bk):
-    ns = _namespaces.get(bk)
-    if ns is None:
-        ns = _namespaces[bk] = DifferentiableOps(bk)
-    return ns
+    """The namespace for Tensors on backend `bk` (one per backend)."""
+    return DifferentiableOps(bk)
