@@ -14,8 +14,8 @@ from .executor import Executor
 from .gradcheck import gradcheck, gradgradcheck
 from .interop import from_dlpack
 from .modes import is_grad_enabled
-from .ops import (abs, broadcast_to, cos, cross_entropy, exp, log, log_softmax, matmul, max, mean,
-                  mse_loss, relu, reshape, sigmoid, sin, softmax, sqrt, stack, sum, tanh,
+from .ops import (abs, broadcast_to, cos, cross_entropy, exp, linear, log, log_softmax, matmul, max,
+                  mean, mse_loss, relu, reshape, sigmoid, sin, softmax, sqrt, stack, sum, tanh,
                   transpose, where)
 from .serialization import load, save
 from .tensor import (Function, Tensor, enable_grad, no_grad, ones, ones_like, rand, randn,
@@ -28,8 +28,8 @@ __all__ = [
     "set_device", "get_device", "manual_seed", "cuda", "no_grad", "enable_grad",
     "is_grad_enabled", "gradcheck", "gradgradcheck", "autograd",
     "detect_anomaly", "AnomalyError", "ShapeError", "DeviceError", "GradcheckError",
-    "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "sigmoid", "relu", "softmax",
-    "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape", "transpose",
-    "where", "broadcast_to", "stack",
+    "exp", "log", "sin", "cos", "tanh", "sqrt", "abs", "matmul", "linear", "sigmoid", "relu",
+    "softmax", "log_softmax", "cross_entropy", "mse_loss", "sum", "mean", "max", "reshape",
+    "transpose", "where", "broadcast_to", "stack",
     "nn", "optim", "data", "distributed", "save", "load", "Executor", "viz", "from_dlpack",
 ]

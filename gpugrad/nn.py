@@ -17,7 +17,7 @@ import numpy as np
 from . import backend as _backend
 from .errors import ShapeError
 from .module import LoadResult, Module
-from .ops import relu, sigmoid, tanh
+from .ops import linear, relu, sigmoid, tanh
 from .tensor import Tensor, randn, tensor, zeros
 
 __all__ = ["Module", "Linear", "Sequential", "Standardize", "Sigmoid", "ReLU", "Tanh", "mlp",
@@ -80,8 +80,7 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ShapeError(f"Linear: input has {x.shape[-1] if x.ndim else 'no'} features "
                              f"(shape {x.shape}), expected {self.in_features}")
-        out = x @ w
-        return out if self.bias is None else out + self.bias
+        return linear(x, w, self.bias)  # one op: x @ w + b
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -67,6 +67,13 @@ CASES = [
     _same("matmul-1d-1d", lambda a, b: a @ b, V, V),
     _same("matmul-batch-bcast", lambda a, b: a @ b, ((2, 1, 3, 4), None), ((3, 4, 2), None)),
     _same("matmul-batch-1d", lambda a, b: a @ b, ((2, 3, 4), None), V),
+    # linear: x @ w + b as one op (gg.nn.Linear's), against torch's x @ w + b
+    Case("linear", gg.linear, lambda x, w, b: x @ w + b, [M, ((4, 2), None), ((2,), None)]),
+    Case("linear-1d", gg.linear, lambda x, w, b: x @ w + b, [V, ((4, 2), None), ((2,), None)]),
+    Case("linear-batch", gg.linear, lambda x, w, b: x @ w + b,
+         [((2, 3, 4), None), ((4, 2), None), ((3, 1), None)]),
+    Case("linear-bias-bcast-up", gg.linear, lambda x, w, b: x @ w + b,
+         [M, ((4, 2), None), ((2, 1, 2), None)]),
     # reductions
     _same("sum-all", lambda a: a.sum(), M),
     _same("sum-axis", lambda a: a.sum(1), ((2, 3, 4), None)),

@@ -55,7 +55,7 @@ def test_forward_inside_a_layer_points_at_the_users_call():
         line = _next_line()
         model(x)
     msg = str(info.value)
-    assert "forward of 'matmul'" in msg and "(1, 2) float32, (2, 3) float32" in msg
+    assert "forward of 'linear'" in msg and "(1, 2) float32, (2, 3) float32, (3,) float32" in msg
     assert f"{HERE}:{line}" in msg and "nn.py" not in msg
     assert "an input already contained NaN/Inf" in msg  # the Inf came with the data
 

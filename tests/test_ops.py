@@ -156,6 +156,50 @@ def test_matmul_matches_torch(shapes, rng, torch):
     np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-12)
 
 
+LINEAR_SHAPES = [((3, 4), (4, 5), (5,)), ((4,), (4, 5), (5,)), ((2, 3, 4), (4, 5), (3, 1)),
+                 ((3, 4), (4, 5), ()), ((3, 4), (4, 5), (2, 1, 5))]
+
+
+@pytest.mark.parametrize("shapes", LINEAR_SHAPES, ids=str)
+def test_linear_gradcheck_and_torch(shapes, rng, torch):
+    x, w, b = (t64(rng, *s) for s in shapes)
+    assert gg.gradcheck(gg.linear, [x, w, b])
+    out = gg.linear(x, w, b)
+    tx, tw, tb = (_to_torch(torch, t) for t in (x, w, b))
+    tout = tx @ tw + tb
+    g = rng.standard_normal(tout.shape)
+    out.backward(g)
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12)
+    for t, tt in ((x, tx), (w, tw), (b, tb)):
+        np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-12)
+
+
+def test_linear_equals_matmul_plus_bias_bitwise(rng):
+    """One op, the same float32 values as x @ w + b: the bias is added into the product in
+    place, the same additions; a float64 bias still promotes, as `+` does."""
+    x, w = gg.tensor(rng.standard_normal((6, 5)), dtype="float32"), gg.tensor(
+        rng.standard_normal((5, 3)), dtype="float32", requires_grad=True)
+    b = gg.tensor(rng.standard_normal(3), dtype="float32", requires_grad=True)
+    out = gg.linear(x, w, b)
+    assert out._ctx.name == "linear" and out.dtype == np.float32
+    np.testing.assert_array_equal(out.numpy(), (x @ w + b).numpy())
+    b64 = gg.tensor(rng.standard_normal(3), requires_grad=True)
+    assert gg.linear(x, w, b64).dtype == (x @ w + b64).dtype
+    assert gg.linear(x, w).numpy().tolist() == (x @ w).numpy().tolist()  # b=None: a matmul
+    with pytest.raises(gg.ShapeError, match=r"linear: the bias of shape \(4,\)"):
+        gg.linear(x, w, gg.zeros(4))
+    with pytest.raises(gg.ShapeError, match="matmul: inner sizes differ"):
+        gg.linear(x, gg.zeros(4, 3), b)
+
+
+def test_nn_linear_is_one_op(rng):
+    layer = gg.nn.Linear(5, 3)
+    out = layer(gg.tensor(rng.standard_normal((2, 5)), dtype="float32"))
+    assert out._ctx.name == "linear"
+    assert gg.nn.Linear(5, 3, bias=False)(gg.zeros(2, 5))._ctx.name == "matmul"
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy(reduction, rng, torch):
     logits = t64(rng, 6, 5)

@@ -8,17 +8,17 @@ import numpy as np
 
 from ..errors import DeviceError, ShapeError
 from ..tensor import Tensor, tensor
-from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub, sum_to
+from .arithmetic import Add, Div, Linear, MatMul, Mul, Neg, Pow, Sub, sum_to
 from .elementwise import Abs, Cos, Exp, Log, ReLU, Sigmoid, Sin, Sqrt, Tanh
 from .loss import CrossEntropy, LogSoftmax, MSELoss, Softmax
 from .reduce_shape import (BroadcastTo, Cast, GetItem, Max, Mean, Reshape, Stack, Sum,
                            Transpose)
 from .differentiable import where
 
-__all__ = ["add", "sub", "mul", "div", "pow", "neg", "matmul", "sum", "mean", "max", "reshape",
-           "transpose", "getitem", "astype", "exp", "log", "sin", "cos", "tanh", "sqrt", "abs",
-           "sigmoid", "relu", "softmax", "log_softmax", "cross_entropy", "mse_loss", "sum_to",
-           "where", "broadcast_to", "stack"]
+__all__ = ["add", "sub", "mul", "div", "pow", "neg", "matmul", "linear", "sum", "mean", "max",
+           "reshape", "transpose", "getitem", "astype", "exp", "log", "sin", "cos", "tanh", "sqrt",
+           "abs", "sigmoid", "relu", "softmax", "log_softmax", "cross_entropy", "mse_loss",
+           "sum_to", "where", "broadcast_to", "stack"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -41,6 +41,16 @@ def div(a, b): return _binary(Div, a, b)
 def pow(a, p): return _binary(Pow, a, p)
 def matmul(a, b): return _binary(MatMul, a, b)
 def neg(a): return Neg.apply(_t(a))
+
+
+def linear(x, w, b=None):
+    """x @ w + b (w of shape (in, out), as gg.nn.Linear's weight), one op; x @ w when b is None.
+    The same values as `x @ w + b`, with one array and one graph node fewer."""
+    if b is None:
+        return matmul(x, w)
+    if not builtins.any(isinstance(a, Tensor) for a in (x, w, b)):
+        x = tensor(x)
+    return Linear.apply(x, w, b)
 def exp(x): return Exp.apply(_t(x))
 def log(x): return Log.apply(_t(x))
 def sin(x): return Sin.apply(_t(x))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 TOL = dict(rtol=1e-9, atol=1e-10)
 
 GPU_CASES = [c for c in CASES if c.id in {
-    "mul-bcast", "div-bcast", "pow-tensor", "matmul-batch-bcast", "max-tuple-keep",
+    "mul-bcast", "div-bcast", "pow-tensor", "matmul-batch-bcast", "linear-batch", "max-tuple-keep",
     "getitem-int-repeats", "getitem-mask", "sigmoid", "softmax-0", "log_softmax-last",
     "cross_entropy-mean", "cross_entropy-none", "mse_loss-mean", "where", "stack-last",
     "chain-mlp"}]
