@@ -107,9 +107,13 @@ class Sigmoid(Elementwise):
 
 
 class ReLU(Elementwise):
+    """max(a, 0). The output is what is stored (as PyTorch does): out > 0 exactly where a > 0,
+    the next layer keeps that array anyway, and forward makes one array instead of two."""
+    saved = (OUT,)
+
     def forward(self, a):
-        self.mask = a > 0
-        return self.bk.xp.maximum(a, 0)
+        self.out = self.bk.xp.maximum(a, 0)
+        return self.out
 
     def backward(self, upstream):
-        return (upstream * self.mask,)  # local gradient 1 where a > 0, else 0
+        return (upstream * (self.out > 0),)  # local gradient 1 where a > 0, else 0
