@@ -62,6 +62,10 @@ def check_labels(labels, num_classes, op="cross_entropy"):
     """Raise ValueError naming the first label outside [0, C)."""
     if labels.size == 0:
         return
+    if labels.dtype.kind == "i":  # one reduction when all is well: as unsigned, a negative
+        # label is larger than any class count (two's complement), so the largest is out of range
+        if int(_max(labels.view(f"u{labels.itemsize}"), axis=None)) < num_classes:
+            return
     lo, hi = int(_min(labels, axis=None)), int(_max(labels, axis=None))
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi

@@ -189,7 +189,9 @@ def _counter(t):
 
 def _bump(t):
     """Record an in-place write to t's data: values saved from it before now are stale."""
-    c = _counter(t)
+    c = t._version  # _counter(t), inlined: every optimizer step calls this per parameter
+    if c is None:
+        c = t._version = [0, 0]
     c[0] += 1
     c[1] = _clock_now[0] = next(_ticks)
 

@@ -141,11 +141,24 @@ def test_xent_extreme_logits_and_edge_labels():
     assert np.isfinite(loss32).all() and np.isfinite(grad32).all()
 
 
-@pytest.mark.parametrize("bad", [-1, 5, 2**40])
+@pytest.mark.parametrize("bad", [-1, 5, 2**40, -2**63])
 def test_bad_labels_raise_naming_op_value_and_classes(bad):
     x = np.zeros((3, 5))
     with pytest.raises(ValueError, match=rf"cross_entropy: label {bad} is out of range for 5 "):
         softmax_cross_entropy_ref(x, np.array([0, bad, 4]), grad_scale=1.0)
+
+
+@pytest.mark.parametrize("dtype,bad", [
+    (d, b) for d in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint64)
+    for b in (None, -1, -128, 5, 127) if b is None or b >= np.iinfo(d).min])
+def test_label_check_every_integer_dtype(dtype, bad):
+    """The check reads signed labels as unsigned (one reduction): negatives must still fail."""
+    labels = np.array([0, 4, 2] if bad is None else [0, bad, 4]).astype(dtype)[::-1]  # strided
+    if bad is None:
+        softmax_cross_entropy_ref(np.zeros((3, 5)), labels, grad_scale=1.0)
+    else:
+        with pytest.raises(ValueError, match=rf"label {bad} is out of range for 5 classes"):
+            softmax_cross_entropy_ref(np.zeros((3, 5)), labels, grad_scale=1.0)
 
 
 def test_unchecked_bad_labels_give_nan_rows_only():

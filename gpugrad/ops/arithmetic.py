@@ -26,6 +26,8 @@ def sum_to(g, shape):
     would have to be copied before it can be stored)."""
     if g.shape == shape:
         return g
+    if shape and g.shape[1:] == shape:  # one leading axis added (a bias over a batch)
+        return g.sum(axis=0)
     lead = g.ndim - len(shape)
     if lead:
         g = g.sum(axis=tuple(range(lead)))
@@ -209,6 +211,8 @@ def matmul_grads(bk, a, b, g, needs):
     """The gradients of a @ b for upstream g, where needs[0] / needs[1] ask for a's / b's:
     dL/da = g b^T, dL/db = a^T g, then 1-D promotion and batch broadcasting undone (MatMul's
     backward, and Linear's)."""
+    if a.ndim == 2 and b.ndim == 2 and g.ndim == 2:  # the common case: nothing to undo
+        return (bk.matmul(g, b.T) if needs[0] else None, bk.matmul(a.T, g) if needs[1] else None)
     if a.ndim == 1 and b.ndim == 1:  # dot product: local gradients are b and a
         return (g * b if needs[0] else None, g * a if needs[1] else None)
     a2 = a[None, :] if a.ndim == 1 else a
