@@ -10,7 +10,7 @@ import math
 import numbers
 
 from .errors import DeviceError, ShapeError
-from .tensor import Tensor, _bump, no_grad
+from .tensor import Tensor, _bump, _bump_all, no_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "l1_penalty", "l2_penalty", "StepLR", "CosineLR"]
 
@@ -94,12 +94,13 @@ class Optimizer:
     def _step_arrays(self, grads):
         """One update of every parameter from `grads`, gradient arrays in parameter order,
         without step()'s checks: for a driver that made those arrays itself (the Executor)."""
-        update, scalars = self._update, self._scalars
-        for i, (p, g, st) in enumerate(zip(self.params, grads, self.state)):
+        update, scalars, state = self._update, self._scalars, self.state
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            st = state[i]
             if st.get("bk") is not p._bk:
                 st = self._state(i, p)
             update(st, p.data, g, scalars(st))
-            _bump(p)
+        _bump_all(self.params)
 
     def _check_grad(self, i, p):
         g = p.grad

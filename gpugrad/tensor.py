@@ -53,6 +53,7 @@ class Function:
     # True for the ops of an Executor plan (gpugrad/tracing.py), where every forward is followed
     # by its backward: an op may then compute in forward what its backward needs
     replayed = False
+    fixup = False        # set by apply when forward's result needed its output rules
     clock = None         # the in-place write clock when the forward ran (ops with saved values)
     _saves_inputs = _saves_output = False
 
@@ -111,10 +112,12 @@ class Function:
         out = fn.forward(*arrays)
         if isinstance(out, np.generic):  # NumPy returns scalars from 0-d arithmetic
             out = np.asarray(out)
+            fn.fixup = True
         dtype = out.dtype
         if dtype is _F64 and not fn.exact_dtype and not _any_float64(arrays):
             out = out.astype(np.float32)  # ints and Python floats make float32, as tensor() does
             dtype = out.dtype
+            fn.fixup = True
         t = _new(Tensor)  # Tensor._make, inlined: this runs once per op
         t.data, t.grad, t._bk, t.name, t._version = out, None, bk, None, None
         if out.base is not None:  # a view of an input (reshape, slicing): one version for both
@@ -144,9 +147,10 @@ class Function:
             _tracer(fn, args, arrays, params, t)
         return t
 
-    def replay_forward(self, arrays):
+    def replay_forward(self, *arrays):
         """forward() on arrays as apply() runs it (apply inlines the same output rules), for a
-        recorded step being replayed: no Tensors, no graph links."""
+        recorded step being replayed where the recording's output needed them (`fixup`; other
+        ops are replayed by calling forward itself): no Tensors, no graph links."""
         out = self.forward(*arrays)
         if isinstance(out, np.generic):
             out = np.asarray(out)
@@ -189,11 +193,21 @@ def _counter(t):
 
 def _bump(t):
     """Record an in-place write to t's data: values saved from it before now are stale."""
-    c = t._version  # _counter(t), inlined: every optimizer step calls this per parameter
-    if c is None:
-        c = t._version = [0, 0]
+    c = _counter(t)
     c[0] += 1
     c[1] = _clock_now[0] = next(_ticks)
+
+
+def _bump_all(tensors):
+    """_bump for writes that happened together (an optimizer step): one tick for all of them,
+    which orders them against every forward exactly as a tick each would."""
+    tick = _clock_now[0] = next(_ticks)
+    for t in tensors:
+        c = t._version  # _counter(t), inlined: this runs per parameter per step
+        if c is None:
+            c = t._version = [0, 0]
+        c[0] += 1
+        c[1] = tick
 
 
 def _operand(a, arg, bk, op, saved):

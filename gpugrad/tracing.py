@@ -13,8 +13,9 @@ plan only calls it. What cannot be replayed (Python control flow on data, host r
 forward, values computed outside the ops) shows up as two recordings that differ; the Executor
 records twice and compares before it trusts a plan (as tinygrad's TinyJit does).
 """
+import linecache
 import threading
-from operator import itemgetter
+import weakref
 
 import numpy as np
 
@@ -127,48 +128,80 @@ class Plan:
         return plan, leaves
 
     def _compile(self, recorder, n_params, input_names):
-        """The replay's form. Forward registers: the parameters' arrays, the step's inputs (in
-        `input_names` order), the constants, then one slot per op's output. Backward registers:
-        one pending upstream gradient per backward entry, then one gradient per leaf."""
+        """The replay's form: the plan written out as two straight-line Python functions (kept
+        in `self.code`), one call per op, where every input's place and every gradient's
+        destination is a local variable fixed at record time. Forward: the parameters' arrays
+        p0.., the step's inputs i0.. (in `input_names` order), constants c0.., one o<k> per op's
+        output, deleted after its last reader ran (what backward needs, the op that saved it
+        holds), so a step needs no more memory than the eager one. Backward: u<k>, the pending
+        upstream gradient of backward entry k; l<j>, leaf j's gradient, summed in run_backward's
+        order where several ops feed it."""
         self.input_names = tuple(input_names)
-        slot = {(PARAM, j): j for j in range(n_params)}
-        slot.update({(INPUT, name): n_params + i for i, name in enumerate(input_names)})
-        consts, refs = [], []
-        for fn, sources, _ in self.forward_ops:
+        names = {(PARAM, j): f"p{j}" for j in range(n_params)}
+        names.update({(INPUT, name): f"i{i}" for i, name in enumerate(input_names)})
+        env, lines = {}, []
+        loss = f"o{self.loss_index}"
+        readers = []  # per op: the names it reads
+        for k, (fn, sources, _) in enumerate(self.forward_ops):
+            args = []
             for kind, i in sources:
                 if kind is CONST:
-                    refs.append(n_params + len(input_names) + len(consts))
-                    consts.append(i)
-        first_out = n_params + len(input_names) + len(consts)
-        refs = iter(refs)
-        self._consts = consts
-        self._outputs = [None] * len(self.forward_ops)
-        self._loss_slot = first_out + self.loss_index
-        self._rebind = [(fn.__dict__, key, input_names.index(name))
-                        for fn, _, rebind in self.forward_ops for key, name in rebind]
-        program, last_read = [], {}
-        for k, (fn, sources, _) in enumerate(self.forward_ops):
-            where = [next(refs) if kind is CONST else first_out + i if kind is OP else
-                     slot[kind, i] for kind, i in sources]
-            for i in where:
-                last_read[i] = k
-            # itemgetter of one index returns the item itself, of several a tuple
-            get = itemgetter(*where) if len(where) > 1 else _one(where[0])
-            program.append((fn.replay_forward, get, first_out + k))
-        # an op's output leaves the registers after its last reader ran (what backward needs,
-        # the op that saved it holds), so a step needs no more memory than the eager one
-        done = [[] for _ in program]
-        for i, k in last_read.items():
-            if i >= first_out and i != self._loss_slot:
-                done[k].append(i)
-        self._forward = [entry + (tuple(d),) for entry, d in zip(program, done)]
+                    args.append(f"c{len(env)}")
+                    env[args[-1]] = i
+                else:
+                    args.append(f"o{i}" if kind is OP else names[kind, i])
+            readers.append(args)
+        last = {}
+        for k, args in enumerate(readers):
+            for a in args:
+                last[a] = k
+        for k, ((fn, _, rebind), args) in enumerate(zip(self.forward_ops, readers)):
+            for key, name in rebind:  # the step's own arrays in the op's parameters (labels)
+                env[f"d{k}"] = fn.__dict__
+                lines.append(f"d{k}[{key!r}] = i{input_names.index(name)}")
+            env[f"f{k}"] = fn.replay_forward if fn.fixup else fn.forward
+            lines.append(f"o{k} = f{k}({', '.join(args)})")
+            gone = sorted(a for a in set(args) if a[0] == "o" and a != loss and last[a] == k)
+            if gone:
+                lines.append(f"del {', '.join(gone)}")
+        head = []
+        if n_params:
+            head.append(f"{''.join(f'p{j}, ' for j in range(n_params))}= params")
+        if input_names:
+            head.append(f"{''.join(f'i{i}, ' for i in range(len(input_names)))}= inputs")
+        forward = _function("forward(params, inputs)", head + lines + [f"return {loss}"])
+
         n = len(self.backward_ops)
-        self._pending = [None] * (n + len(self.leaves))
-        self._backward = [(fn.backward, pos, tuple(
-            (j, i if kind == "fn" else n + i) for j, (kind, i) in
-            ((j, t) for j, t in enumerate(targets) if t is not None)))
-            for pos, (fn, targets) in enumerate(self.backward_ops)]
-        self._first_leaf = n
+        dst = [[f"u{i}" if kind == "fn" else f"l{i}" for kind, i in
+                (t for t in targets if t is not None)] for _, targets in self.backward_ops]
+        writers = {}
+        for d in dst:
+            for name in d:
+                writers[name] = writers.get(name, 0) + 1
+        pending = [f"u{k}" for k in range(1, n)] + [f"l{j}" for j in range(len(self.leaves))]
+        lines = [f"{' = '.join(pending)} = None"] if pending else []
+        lines.append("u0 = seed")
+        for k, (fn, targets) in enumerate(self.backward_ops):
+            env[f"b{k}"] = fn.backward
+            lines += [f"if u{k} is not None:", f"    g = b{k}(u{k}); u{k} = None"]
+            routes = [(j, f"u{i}" if kind == "fn" else f"l{i}")
+                      for j, (kind, i) in ((j, t) for j, t in enumerate(targets) if t is not None)]
+            for j, name in routes:
+                if writers[name] == 1:  # its only source: None stays None
+                    lines.append(f"    {name} = g[{j}]")
+                else:  # summed, out of place (a gradient may be shared), as run_backward does
+                    lines += [f"    if g[{j}] is not None:",
+                              f"        {name} = g[{j}] if {name} is None else {name} + g[{j}]"]
+        lines.append(f"return [{', '.join(f'l{j}' for j in range(len(self.leaves)))}]")
+        backward = _function("backward(seed)", lines)
+        self.code = forward + "\n" + backward
+        # tracebacks through a replay show the plan's lines, for as long as the plan lives
+        filename = f"<gpugrad plan {id(self):#x}>"
+        linecache.cache[filename] = (len(self.code), None, self.code.splitlines(True), filename)
+        weakref.finalize(self, linecache.cache.pop, filename, None)
+        exec(compile(self.code, filename, "exec"), env)
+        # taken out of their own globals, so that no reference cycle keeps a plan's ops alive
+        self.forward, self.backward = env.pop("forward"), env.pop("backward")
         # after a step's backward each op keeps only its settings: what apply gave it, less the
         # step's own arrays (rebound before every forward), and what is not an array; the
         # arrays its forward stored for backward are dropped, as eager backward releases a graph
@@ -182,35 +215,6 @@ class Plan:
                 k: v for k, v in fn.__dict__.items()
                 if k not in step_own and (k in params or not is_array(v))}))
 
-    def forward(self, params, inputs):
-        """Run the forward entries on the parameters' arrays and the step's inputs (arrays in
-        `input_names` order); returns the loss array."""
-        for d, key, i in self._rebind:
-            d[key] = inputs[i]
-        r = params + list(inputs) + self._consts + self._outputs
-        for replay, get, out, done in self._forward:
-            r[out] = replay(get(r))
-            for i in done:
-                r[i] = None
-        return r[self._loss_slot]
-
-    def backward(self, seed):
-        """The gradient of every leaf (None where none arrived), as run_backward sums them."""
-        buf = self._pending.copy()
-        buf[0] = seed
-        for backward, pos, routes in self._backward:
-            upstream = buf[pos]
-            if upstream is None:
-                continue
-            buf[pos] = None
-            grads = backward(upstream)
-            for j, dst in routes:
-                g = grads[j]
-                if g is not None:
-                    held = buf[dst]
-                    buf[dst] = g if held is None else held + g
-        return buf[self._first_leaf:]
-
     def release(self):
         """Drop what the ops' forward stored for backward (the next replayed forward stores it
         again), so a plan holds no step's values between steps."""
@@ -219,9 +223,9 @@ class Plan:
             d.update(settings)
 
 
-def _one(i):
-    """A getter like itemgetter(i, j, ...) for one index: a 1-tuple."""
-    return lambda r: (r[i],)
+def _function(signature, lines):
+    """The source of a function with that signature and body."""
+    return f"def {signature}:\n" + "".join(f"    {line}\n" for line in lines)
 
 
 def compare(first, second):

@@ -332,13 +332,19 @@ def test_a_model_moved_after_planning_is_refused():
         ex.step(np.zeros((2, 4), np.float32), [0, 1])
 
 
-def test_parameters_that_change_dtype_or_shape_are_recorded_again():
-    model = _model([6, 8, 3])
+def _replayed(sizes=(6, 8, 3)):
+    """A model, its Executor after three steps (a trusted plan), the batch, the plan's entry."""
+    model = _model(list(sizes))
     ex = gg.Executor(model, optimizer=optim.SGD(model.parameters(), lr=0.1))
-    x, y = _data(10, 6, 3)
+    x, y = _data(10, sizes[0], sizes[-1])
     for _ in range(3):
         ex.step(x, y)
     (entry,) = ex._plans.values()
+    return model, ex, x, y, entry
+
+
+def test_parameters_that_change_dtype_or_shape_are_recorded_again():
+    model, ex, x, y, entry = _replayed()
     assert entry.trusted is not None
     for p in model.parameters():  # what model.to(dtype) would do: new arrays, new dtype
         p.data = p.data.astype(np.float64)
@@ -383,3 +389,30 @@ def test_a_replayed_step_leaves_no_arrays_in_the_plan():
             for k, v in vars(fn).items() if isinstance(v, np.ndarray)]
     assert held == []
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_a_plan_is_straight_line_code_whose_lines_tracebacks_show():
+    """The trusted plan is two Python functions, one call per op; an error raised inside a
+    replay points at the plan's line, and the plan's source leaves linecache with the plan."""
+    import gc
+    import linecache
+    import traceback
+    _, ex, x, y, entry = _replayed()
+    code = entry.trusted.code
+    assert code.startswith("def forward(params, inputs):") and "def backward(seed):" in code
+    # Linear, ReLU, Linear, cross-entropy: one call each way per op, one gradient per leaf
+    assert code.count(" = f") == 4 and code.count("g = b") == 4
+    assert "return [l0, l1, l2, l3]" in code
+    bad = y.copy()
+    bad[3] = 7
+    with pytest.raises(ValueError, match="label 7 is out of range") as info:
+        ex.step(x, bad)
+    frames = traceback.extract_tb(info.tb)
+    plan_frames = [f for f in frames if f.filename.startswith("<gpugrad plan")]
+    assert [f.line for f in plan_frames] == ["o3 = f3(o2)"]
+    name = plan_frames[0].filename
+    assert name in linecache.cache
+    del entry, info, frames, plan_frames
+    ex.clear()
+    gc.collect()
+    assert name not in linecache.cache
