@@ -19,6 +19,7 @@ from .errors import ShapeError
 # The reductions as ufunc methods: ndarray.max/.sum go through a Python wrapper each call, which
 # the executor's small-batch step pays several times (the twins only ever see NumPy arrays).
 _max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
+_F16 = np.dtype(np.float16)
 
 
 def sigmoid_forward_ref(x, out=None):
@@ -60,12 +61,8 @@ def sigmoid_backward_ref(y, dy, out=None):
 
 def check_labels(labels, num_classes, op="cross_entropy"):
     """Raise ValueError naming the first label outside [0, C)."""
-    if labels.size == 0:
+    if _labels_in_range(labels, num_classes):
         return
-    if labels.dtype.kind == "i":  # one reduction when all is well: as unsigned, a negative
-        # label is larger than any class count (two's complement), so the largest is out of range
-        if int(_max(labels.view(f"u{labels.itemsize}"), axis=None)) < num_classes:
-            return
     lo, hi = int(_min(labels, axis=None)), int(_max(labels, axis=None))
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
@@ -122,13 +119,34 @@ def softmax_cross_entropy_ref(logits, labels, grad_scale=None, want_loss=True, i
     """
     n, c = _xent_shapes(logits, labels, grad_scale, "softmax_cross_entropy")
     if check:
-        check_labels(labels, c)
+        if not _labels_in_range(labels, c):
+            check_labels(labels, c)  # raises, naming the label
         bad = None
     else:
         bad = _bad_rows(labels, c)
     safe = labels if bad is None else np.where(bad, 0, labels)  # bad rows become NaN below
-    with np.errstate(under="ignore"):  # tiny probabilities flush to 0, as they should
-        return _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out)
+    args = logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out
+    if not inplace:
+        # Tiny probabilities flush to 0, as they should. NumPy's default already ignores
+        # underflow, so the common case pays for no np.errstate (the hot path of every training
+        # step); where np.seterr makes underflow raise, the pass (which wrote only arrays of its
+        # own) runs again with underflow ignored. Under seterr(under="warn") NumPy warns.
+        try:
+            return _xent_ref(*args)
+        except FloatingPointError:
+            pass
+    with np.errstate(under="ignore"):
+        return _xent_ref(*args)
+
+
+def _labels_in_range(labels, c):
+    """Whether every label lies in [0, C), in one reduction: read as unsigned, a negative label
+    is larger than any class count (two's complement)."""
+    if labels.size == 0:
+        return True
+    if labels.dtype.kind == "i":
+        labels = labels.view(f"u{labels.itemsize}")
+    return int(_max(labels, axis=None)) < c
 
 
 def _bad_rows(labels, c):
@@ -140,8 +158,10 @@ def _bad_rows(labels, c):
 
 
 def _xent_ref(logits, n, safe, bad, grad_scale, want_loss, inplace, loss_out):
-    rows = _rows(n)
-    x = logits.astype(np.float32) if logits.dtype == np.float16 else logits
+    rows = _rows_cache.get(n)  # _rows(n), inlined: this runs every training step
+    if rows is None:
+        rows = _rows(n)
+    x = logits.astype(np.float32) if logits.dtype is _F16 else logits
     m = _max(x, axis=1, keepdims=True)
     want_grad = grad_scale is not None
     grad = (logits if inplace else np.empty_like(logits)) if want_grad else None

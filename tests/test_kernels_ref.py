@@ -257,3 +257,19 @@ def test_xent_launch_shapes(c, kind, block, group):
         assert (grid - 1) * rows_per_block < 100003 <= grid * rows_per_block
     else:
         assert grid == 100003 and extra == ()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_underflow_is_not_an_error_whatever_numpy_is_told(inplace):
+    """exp(x - max) of a far-below-max logit underflows to 0: the same result when the caller
+    made NumPy raise on underflow (the common case runs without np.errstate and runs again with
+    it only when NumPy raises)."""
+    x = np.array([[0.0, -200.0, 1.0], [-300.0, 2.0, 0.5]], np.float32)
+    labels = np.array([0, 1])
+    want = softmax_cross_entropy_ref(x.copy(), labels, grad_scale=0.5, inplace=inplace)
+    with np.errstate(under="raise"):
+        np.testing.assert_raises(FloatingPointError, np.exp, np.float32(-200.0))  # it would raise
+        got = softmax_cross_entropy_ref(x.copy(), labels, grad_scale=0.5, inplace=inplace)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert want[1][0, 1] == want[1][1, 0] == 0.0 and np.isfinite(want[0]).all()
