@@ -78,10 +78,10 @@ class Recorder:
 class Plan:
     """One recorded step: forward entries, the backward walk, and the loss's position.
 
-    `forward_ops` and `backward_ops` describe the step; `forward` and `backward` replay it from
-    a compiled form of the same entries, where every lookup that cannot change between steps
-    (where an input comes from, where a gradient goes) is resolved once, here: the replay is a
-    register list indexed by numbers fixed at record time, and one call per op."""
+    `forward_ops` and `backward_ops` describe the step; `forward` and `backward` replay it, as
+    the same entries written out as Python code (`code`), where everything that cannot change
+    between steps (where an input comes from, where a gradient goes) is resolved once, here:
+    one line per op call, over local variables."""
 
     def __init__(self, recorder, loss, leaves):
         self.forward_ops = [(fn, sources, rebind) for fn, sources, rebind, _ in recorder.ops]
