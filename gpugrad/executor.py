@@ -35,6 +35,10 @@ class _Entry:
         self.recorded = None  # the latest recording (a Plan)
         self.trusted = None   # the plan replayed from now on
         self.seed = None      # d loss / d loss, the backward's first upstream gradient
+        # whether the plan's gradients are exactly what .grad may take as they are: one per
+        # parameter, of its dtype, neither a view nor shared (the plan's code decides this,
+        # not the data, so the recording's answer holds for every replay of it)
+        self.plain = False
 
 
 class Executor:
@@ -121,6 +125,12 @@ class Executor:
             self._drop_grads()
             grads = plan.backward(entry.seed)
             plan.release()
+            if entry.plain:  # the usual case: _update's checks, settled when recording
+                for p, holder, g in zip(self.params, self._grads, grads):
+                    holder.data = g
+                    p.grad = holder
+                self._optimize(grads, True)
+                return float(loss)
         self._update(grads, entry.seed)
         return float(loss)
 
@@ -172,7 +182,12 @@ class Executor:
         entry.recorded = plan
         if entry.seed is None:
             entry.seed = self.bk.xp.ones_like(loss.data)
-        return loss.data, plan.backward(entry.seed)
+        grads = plan.backward(entry.seed)
+        ids = {id(g) for g in grads} | {id(entry.seed)}
+        entry.plain = len(ids) == len(grads) + 1 and all(
+            g is not None and g.dtype == dtype and g.base is None
+            for g, (_, dtype) in zip(grads, self._layout))
+        return loss.data, grads
 
     def _loss(self, out, target):
         from . import ops
@@ -210,6 +225,10 @@ class Executor:
             shared.add(id(g))
             holder.data = g
             p.grad = holder
+        self._optimize(grads, complete)
+
+    def _optimize(self, grads, complete):
+        """The gradients' all-reduce under DataParallel, then the optimizer's update."""
         if self.parallel is not None:  # in place: every rank then holds the average
             self.parallel.reduce_gradients(grads)
         opt = self.optimizer

@@ -95,11 +95,13 @@ class Optimizer:
         """One update of every parameter from `grads`, gradient arrays in parameter order,
         without step()'s checks: for a driver that made those arrays itself (the Executor)."""
         update, scalars, state = self._update, self._scalars, self.state
+        # the base _scalars reads no state: its numbers, once for all parameters
+        shared = scalars(None) if type(self)._scalars is Optimizer._scalars else None
         for i, (p, g) in enumerate(zip(self.params, grads)):
             st = state[i]
             if st.get("bk") is not p._bk:
                 st = self._state(i, p)
-            update(st, p.data, g, scalars(st))
+            update(st, p.data, g, shared or scalars(st))
         _bump_all(self.params)
 
     def _check_grad(self, i, p):

@@ -416,3 +416,50 @@ def test_a_plan_is_straight_line_code_whose_lines_tracebacks_show():
     ex.clear()
     gc.collect()
     assert name not in linecache.cache
+
+
+class _OddGradients(nn.Module):
+    """Parameters whose gradients the plan hands over as a view (m, through a reshape), as one
+    array for two parameters (a and b, through a + b), or not at all (unused)."""
+
+    def __init__(self):
+        super().__init__()
+        gg.manual_seed(3)
+        self.w = gg.randn(6, 4, dtype="float64", requires_grad=True)
+        self.m = gg.randn(24, dtype="float64", requires_grad=True)
+        self.a = gg.randn(5, 4, dtype="float64", requires_grad=True)
+        self.b = gg.randn(5, 4, dtype="float64", requires_grad=True)
+        self.unused = gg.randn(3, dtype="float64", requires_grad=True)
+
+    def forward(self, x):
+        return (x @ (self.w + self.m.reshape(6, 4))) * (self.a + self.b)
+
+
+def _mlp64():
+    return _model([6, 8, 4], dtype="float64")
+
+
+@pytest.mark.parametrize("make, plain", [(_OddGradients, False), (_mlp64, True)])
+def test_gradients_that_are_views_shared_or_missing_are_handed_over_as_eager(make, plain):
+    """A replayed step's .grad arrays are the step's gradients, each its own array, as after
+    eager backward, whichever path (the plain one, settled when recording, or the checked one)
+    the plan takes; an unused parameter's .grad stays None."""
+    eager, planned = _twins(make)
+    x, y = _data(5, 6, 4, dtype=np.float64)
+    ex = gg.Executor(planned, loss="mse", optimizer=None)
+    target = np.random.default_rng(1).standard_normal((5, 4))
+    for _ in range(3):
+        ex.step(x, target)
+    (entry,) = ex._plans.values()
+    assert entry.trusted is not None and entry.plain is plain
+    out = gg.mse_loss(eager(gg.tensor(x)), gg.tensor(target))
+    out.backward()
+    arrays = []
+    for (name, p), q in zip(eager.named_parameters(), planned.parameters()):
+        if p.grad is None:
+            assert q.grad is None, name
+            continue
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-12, err_msg=name)
+        assert q.grad.numpy().base is None, name
+        arrays.append(q.grad.numpy())
+    assert len({id(a) for a in arrays}) == len(arrays) >= 4
