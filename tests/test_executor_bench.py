@@ -1,6 +1,7 @@
 """The Executor's benchmarks: the residual-MLP workload (its hand-written floor, FloorResidual,
 does the math of the Executor running a user-defined Module of x + relu(linear(x)) blocks, and
-every contender follows the same trajectory) and bench/alloc_cost.py. No timings are asserted."""
+every contender follows the same trajectory), bench/alloc_cost.py and bench/step_opcodes.py. No
+timings are asserted."""
 import importlib.util
 from pathlib import Path
 
@@ -51,11 +52,29 @@ def test_floor_residual_needs_blocks_of_one_width():
             FloorResidual(sizes, 4)
 
 
-def test_alloc_cost_script_runs(capsys):
-    path = Path(__file__).resolve().parents[1] / "bench" / "alloc_cost.py"
-    spec = importlib.util.spec_from_file_location("alloc_cost", path)
+def _bench_script(name):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_step_opcodes_script_counts_a_replayed_step(capsys):
+    """Deterministic counts: the replayed step runs far less Python than eager and more than
+    the hand-written floor; the traced step still trains (the tracer only watches)."""
+    results = _bench_script("step_opcodes").main(["--top", "3"])
+    (ex_ops, ex_calls, ex_per), (eager_ops, _, _), (floor_ops, _, _) = (
+        results[k] for k in ("executor", "eager", "floor"))
+    assert floor_ops < ex_ops < eager_ops / 2 and ex_calls < 100
+    assert any(name.startswith("<gpugrad plan") for name, _ in ex_per)  # the replayed code
+    assert "tensor.py" not in {name for name, fn in ex_per if fn == "apply"}  # no graph built
+    out = capsys.readouterr().out
+    assert f"executor: {ex_ops} bytecodes" in out and "floor:" in out
+
+
+def test_alloc_cost_script_runs(capsys):
+    module = _bench_script("alloc_cost")
     sizes, n = (12, 8, 8, 4), 6  # the allocating twin computes what the floor computes
     floor, twin = (cls(sizes, n, lr=0.1) for cls in (FloorMLP, module.FloorAllocating))
     x, y = wl.batch(sizes, n)
