@@ -146,7 +146,7 @@ class Plan:
             args = []
             for kind, i in sources:
                 if kind is CONST:
-                    args.append(f"c{len(env)}")
+                    args.append(f"c{len(env)}")  # env holds only constants so far
                     env[args[-1]] = i
                 else:
                     args.append(f"o{i}" if kind is OP else names[kind, i])
@@ -172,21 +172,20 @@ class Plan:
         forward = _function("forward(params, inputs)", head + lines + [f"return {loss}"])
 
         n = len(self.backward_ops)
-        dst = [[f"u{i}" if kind == "fn" else f"l{i}" for kind, i in
-                (t for t in targets if t is not None)] for _, targets in self.backward_ops]
+        # per backward entry: (position in its gradients, the variable that gradient goes to)
+        routes = [[(j, f"u{i}" if kind == "fn" else f"l{i}") for j, (kind, i) in
+                   ((j, t) for j, t in enumerate(targets) if t is not None)]
+                  for _, targets in self.backward_ops]
         writers = {}
-        for d in dst:
-            for name in d:
-                writers[name] = writers.get(name, 0) + 1
+        for _, name in (r for entry in routes for r in entry):
+            writers[name] = writers.get(name, 0) + 1
         pending = [f"u{k}" for k in range(1, n)] + [f"l{j}" for j in range(len(self.leaves))]
         lines = [f"{' = '.join(pending)} = None"] if pending else []
         lines.append("u0 = seed")
-        for k, (fn, targets) in enumerate(self.backward_ops):
+        for k, ((fn, _), entry) in enumerate(zip(self.backward_ops, routes)):
             env[f"b{k}"] = fn.backward
             lines += [f"if u{k} is not None:", f"    g = b{k}(u{k}); u{k} = None"]
-            routes = [(j, f"u{i}" if kind == "fn" else f"l{i}")
-                      for j, (kind, i) in ((j, t) for j, t in enumerate(targets) if t is not None)]
-            for j, name in routes:
+            for j, name in entry:
                 if writers[name] == 1:  # its only source: None stays None
                     lines.append(f"    {name} = g[{j}]")
                 else:  # summed, out of place (a gradient may be shared), as run_backward does

@@ -41,6 +41,15 @@ def div(a, b): return _binary(Div, a, b)
 def pow(a, p): return _binary(Pow, a, p)
 def matmul(a, b): return _binary(MatMul, a, b)
 def neg(a): return Neg.apply(_t(a))
+def exp(x): return Exp.apply(_t(x))
+def log(x): return Log.apply(_t(x))
+def sin(x): return Sin.apply(_t(x))
+def cos(x): return Cos.apply(_t(x))
+def tanh(x): return Tanh.apply(_t(x))
+def sqrt(x): return Sqrt.apply(_t(x))
+def abs(x): return Abs.apply(_t(x))
+def sigmoid(x): return Sigmoid.apply(_t(x))
+def relu(x): return ReLU.apply(_t(x))
 
 
 def linear(x, w, b=None):
@@ -51,15 +60,6 @@ def linear(x, w, b=None):
     if not builtins.any(isinstance(a, Tensor) for a in (x, w, b)):
         x = tensor(x)
     return Linear.apply(x, w, b)
-def exp(x): return Exp.apply(_t(x))
-def log(x): return Log.apply(_t(x))
-def sin(x): return Sin.apply(_t(x))
-def cos(x): return Cos.apply(_t(x))
-def tanh(x): return Tanh.apply(_t(x))
-def sqrt(x): return Sqrt.apply(_t(x))
-def abs(x): return Abs.apply(_t(x))
-def sigmoid(x): return Sigmoid.apply(_t(x))
-def relu(x): return ReLU.apply(_t(x))
 
 
 def sum(x, axis=None, keepdims=False):
