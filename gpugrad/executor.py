@@ -125,13 +125,7 @@ class Executor:
             self._drop_grads()
             grads = plan.backward(entry.seed)
             plan.release()
-            if entry.plain:  # the usual case: _update's checks, settled when recording
-                for p, holder, g in zip(self.params, self._grads, grads):
-                    holder.data = g
-                    p.grad = holder
-                self._optimize(grads, True)
-                return float(loss)
-        self._update(grads, entry.seed)
+        self._update(grads, entry.seed, plan is not None and entry.plain)
         return float(loss)
 
     def predict(self, x):
@@ -206,29 +200,26 @@ class Executor:
                 p.grad = None
             holder.data = None
 
-    def _update(self, grads, seed):
+    def _update(self, grads, seed, plain=False):
         """Set each parameter's .grad to this step's gradient, then the optimizer's update.
         `grads` (a list the plan made for this step) is rewritten in place with the arrays the
-        parameters receive."""
+        parameters receive. plain: the recording showed they need no checks (_Entry.plain)."""
         shared = {id(seed)}
         complete = True
         for i, (p, holder, g, (_, dtype)) in enumerate(zip(self.params, self._grads, grads,
                                                            self._layout)):
-            if g is None:
-                p.grad = None
-                complete = False
-                continue
-            if g.dtype != dtype:
-                g = grads[i] = g.astype(dtype)
-            elif g.base is not None or id(g) in shared:  # a view or shared: as eager backward
-                g = grads[i] = g.copy()
-            shared.add(id(g))
+            if not plain:
+                if g is None:
+                    p.grad = None
+                    complete = False
+                    continue
+                if g.dtype != dtype:
+                    g = grads[i] = g.astype(dtype)
+                elif g.base is not None or id(g) in shared:  # a view or shared: as eager
+                    g = grads[i] = g.copy()
+                shared.add(id(g))
             holder.data = g
             p.grad = holder
-        self._optimize(grads, complete)
-
-    def _optimize(self, grads, complete):
-        """The gradients' all-reduce under DataParallel, then the optimizer's update."""
         if self.parallel is not None:  # in place: every rank then holds the average
             self.parallel.reduce_gradients(grads)
         opt = self.optimizer

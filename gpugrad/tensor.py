@@ -193,19 +193,15 @@ def _counter(t):
 
 def _bump(t):
     """Record an in-place write to t's data: values saved from it before now are stale."""
-    c = _counter(t)
-    c[0] += 1
-    c[1] = _clock_now[0] = next(_ticks)
+    _bump_all((t,))
 
 
 def _bump_all(tensors):
-    """_bump for writes that happened together (an optimizer step): one tick for all of them,
-    which orders them against every forward exactly as a tick each would."""
+    """Record in-place writes that happened together (an optimizer step): one tick for all of
+    them, which orders them against every forward exactly as a tick each would."""
     tick = _clock_now[0] = next(_ticks)
     for t in tensors:
-        c = t._version  # _counter(t), inlined: this runs per parameter per step
-        if c is None:
-            c = t._version = [0, 0]
+        c = _counter(t)
         c[0] += 1
         c[1] = tick
 

@@ -239,7 +239,7 @@ class MatMul(Function):
     saved = (0, 1)
 
     def forward(self, a, b):
-        sa, sb = getattr(a, "shape", ()), getattr(b, "shape", ())  # shape_of, inlined (hot)
+        sa, sb = shape_of(a), shape_of(b)
         if len(sa) == 0 or len(sb) == 0:
             raise ShapeError(f"matmul: operands must be at least 1-D, got shapes {sa} and {sb}")
         k_a, k_b = sa[-1], (sb[0] if len(sb) == 1 else sb[-2])
