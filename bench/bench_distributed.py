@@ -177,20 +177,14 @@ def gpu_worker():
     machinery costs per step, plain vs DataParallel, at per-GPU batch 128 and 1024."""
     import gpugrad as gg
     import gpugrad.distributed as dist
+    from gpugrad.bench.timing import interleaved
     world = dist.init(device="cuda", nccl=True)
     sync = gg.cuda.synchronize
     out = {"device": gg.cuda.device_name(), "world": repr(world),
            "model": "-".join(map(str, SIZES))}
 
-    def rate(step, n=50):
-        for _ in range(5):
-            step()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step()
-        sync()
-        return n / (time.perf_counter() - t0)
+    def rate(step):  # calls per second: gpugrad bench's timing (warm-up, synced samples)
+        return 1 / interleaved({"step": step}, sync, budget_s=0.5)["step"]
 
     for batch in (128, 1024):
         rng = np.random.default_rng(0)
